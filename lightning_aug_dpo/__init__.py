@@ -1,0 +1,41 @@
+"""lightning_aug_dpo: self-supervised visual preference alignment (SeVa) in PyTorch Lightning.
+
+For each unlabelled prompt the model answers on the original image (chosen) and on a
+device-augmented image (rejected); DPO on those pairs, with a LoRA-adapted policy against its own
+frozen (optionally 4-bit) base, makes the model more robust. No human or GPT-4 labels.
+"""
+
+from lightning_aug_dpo.augment import DiffusionNoise, ImagePreprocessor
+from lightning_aug_dpo.callbacks import (
+    AdapterCheckpoint,
+    MMVetEvalCallback,
+    PairsWriter,
+    RunSummary,
+)
+from lightning_aug_dpo.data import AugPairDataModule
+from lightning_aug_dpo.losses import PreferenceLoss, SigmoidDPOLoss
+from lightning_aug_dpo.models import LlavaDPOModule, write_tiny_llava
+from lightning_aug_dpo.module import AugDPOModule
+from lightning_aug_dpo.schedules import WarmupCosineSchedule
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterCheckpoint",
+    "AugDPOModule",
+    "AugPairDataModule",
+    "DiffusionNoise",
+    "ImagePreprocessor",
+    "LlavaDPOModule",
+    "MMVetEvalCallback",
+    "PairStats",
+    "PairsWriter",
+    "PreferenceBatch",
+    "PreferenceLoss",
+    "PromptBatch",
+    "RunSummary",
+    "SigmoidDPOLoss",
+    "WarmupCosineSchedule",
+    "write_tiny_llava",
+]

@@ -1,0 +1,34 @@
+"""Checkpoints that carry a PEFT adapter directory beside each ``.ckpt``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def adapter_dir_for(ckpt_path: str | Path) -> Path:
+    """``epoch=0-step=8.ckpt`` -> ``epoch=0-step=8-adapter/``."""
+    path = Path(ckpt_path)
+    return path.with_name(path.stem + "-adapter")
+
+
+class AdapterCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` that also exports the adapter in PEFT format.
+
+    The ``.ckpt`` holds only trainable tensors and optimizer state (for resuming); the
+    ``-adapter/`` folder loads with plain ``peft.PeftModel.from_pretrained``. Takes every
+    argument of ``ModelCheckpoint``.
+    """
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            trainer.lightning_module.save_adapter(adapter_dir_for(filepath))
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            shutil.rmtree(adapter_dir_for(filepath), ignore_errors=True)

@@ -1,0 +1,50 @@
+"""End-of-run summary: a rich table on the console and ``summary.json`` in the run dir."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+from rich.table import Table
+
+from lightning_aug_dpo.runs import run_dir
+
+
+class RunSummary(Callback):
+    """Prompts seen, pairs kept and dropped, final reward accuracy and benchmark scores."""
+
+    def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
+        stats = pl_module.train_metrics.compute()
+        prompts = stats.get("pairs/prompts", 0.0)
+        out: dict[str, object] = {
+            "run_dir": str(run_dir(trainer)),
+            "optimizer_steps": trainer.global_step,
+            "prompts": int(prompts),
+            "pairs_kept": int(stats.get("pairs/kept", 0.0)),
+            "pairs_dropped_identical": int(stats.get("pairs/identical", 0.0)),
+            "identical_rate": stats.get("pairs/identical", 0.0) / prompts if prompts else 0.0,
+            "final_epoch_loss": stats.get("loss"),
+            "final_epoch_reward_accuracy": stats.get("rewards/accuracies"),
+            "final_epoch_reward_margin": stats.get("rewards/margins"),
+        }
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith(("mmvet/", "llava_bench/")):
+                out[name] = float(value)
+        # The module writes the adapter in its own on_fit_end, which runs after the callbacks'.
+        out["adapter"] = str(run_dir(trainer) / "adapter")
+        return out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        summary = self.summary(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        table = Table(title="lightning-aug-dpo: run summary", show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value")
+        for key, value in summary.items():
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            table.add_row(key.replace("_", " "), text)
+        Console().print(table)

@@ -1,0 +1,159 @@
+"""``AugPairDataModule``: unlabelled prompts in, preference pairs out, made on the device.
+
+CPU workers only decode images. After transfer, ``on_after_batch_transfer`` (on the GPU, no grad):
+
+1. preprocess with the model's own settings (pad to square, resize, normalise);
+2. augment a copy (diffusion noise by default) from per-sample seeds, recorded for replay;
+3. roll out greedy answers on the clean image (chosen) and the augmented one (rejected);
+4. drop pairs whose answers are identical (no signal), count them;
+5. tokenise through the module and emit a :class:`PreferenceBatch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import lazy_instance
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_aug_dpo.augment import DiffusionNoise
+from lightning_aug_dpo.data.prompts import (
+    Prompt,
+    PromptDataset,
+    collate_prompts,
+    load_llava_prompts,
+    split_prompts,
+)
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A stable per-sample seed: same (seed, epoch, dataset index) -> same augmentation,
+    whatever the batch size, worker count or rank."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # non-negative int64
+
+
+class AugPairDataModule(pl.LightningDataModule):
+    """Prompts -> device augmentation -> policy/reference rollouts -> ``PreferenceBatch``.
+
+    Args:
+        data_path: LLaVA-665k-format JSON (list of ``{id, image, conversations}``).
+        image_folder: folder the rows' ``image`` paths are relative to.
+        num_prompts: training prompts sampled with ``seed`` (``null``: all).
+        num_val_prompts: held-out prompts for ``validate``/``test`` (0: none).
+        seed: seed of prompt sampling, shuffling and augmentation.
+        batch_size: prompts per step (pairs per step is this minus dropped identical ones).
+        num_workers: DataLoader worker processes decoding images.
+        augmentation: module making the rejected image from normalised ``(B, 3, H, W)`` input;
+            called as ``augmentation(images, seeds)`` and recorded with ``.record(seed)``.
+        max_new_tokens: rollout length (SeVa: 512).
+        rollout_model: ``reference`` (adapters off: the initial model, as in SeVa) or
+            ``policy`` (the current policy: on-policy pairs).
+        drop_identical: drop pairs whose two answers are the same string.
+    """
+
+    def __init__(
+        self,
+        data_path: str,
+        image_folder: str,
+        num_prompts: int | None = None,
+        num_val_prompts: int = 0,
+        seed: int = 42,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augmentation: nn.Module = lazy_instance(DiffusionNoise, noise_step=500),
+        max_new_tokens: int = 64,
+        rollout_model: Literal["reference", "policy"] = "reference",
+        drop_identical: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["augmentation"])
+        self.augmentation = augmentation
+        self.train_prompts: list[Prompt] = []
+        self.val_prompts: list[Prompt] = []
+        self.skipped_text_only = 0
+
+    def setup(self, stage: str) -> None:
+        if self.train_prompts:
+            return
+        source = load_llava_prompts(self.hparams.data_path)
+        self.skipped_text_only = source.skipped_text_only
+        self.train_prompts, self.val_prompts = split_prompts(
+            source.prompts, self.hparams.num_prompts, self.hparams.num_val_prompts,
+            self.hparams.seed,
+        )
+
+    def _loader(self, prompts: list[Prompt], shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            PromptDataset(prompts, self.hparams.image_folder),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate_prompts,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_prompts, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_prompts, shuffle=False) if self.val_prompts else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.train_prompts, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, PromptBatch):
+            return self.make_pairs(batch)
+        return batch
+
+    @torch.no_grad()
+    def make_pairs(self, batch: PromptBatch) -> PreferenceBatch:
+        """Rollouts on clean and augmented images of one prompt batch (see module docstring)."""
+        module = self.trainer.lightning_module
+        clean = module.preprocess_images(batch.images)
+        epoch = self.trainer.current_epoch
+        seeds = [sample_seed(self.hparams.seed, epoch, i) for i in batch.indices]
+        augmented = self.augmentation.to(clean.device)(clean, seeds)
+
+        use_reference = self.hparams.rollout_model == "reference"
+        new_tokens = self.hparams.max_new_tokens
+        chosen = module.generate(clean, batch.questions, new_tokens, use_reference)
+        rejected = module.generate(augmented, batch.questions, new_tokens, use_reference)
+
+        keep = [
+            i for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
+            if not (self.hparams.drop_identical and c == r)
+        ]
+        stats = PairStats(prompts=len(batch), kept=len(keep), identical=len(batch) - len(keep))
+        rows = [
+            {
+                "id": batch.ids[i],
+                "image": batch.image_paths[i],
+                "prompt": batch.questions[i],
+                "chosen": chosen[i],
+                "rejected": rejected[i],
+                "augmentation": self.augmentation.record(seeds[i]),
+            }
+            for i in keep
+        ]
+        tokens = module.tokenize_pairs(
+            [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+        )
+        index = torch.tensor(keep, dtype=torch.long, device=clean.device)
+        return PreferenceBatch(
+            pixel_values=clean.index_select(0, index),
+            aug_pixel_values=augmented.index_select(0, index),
+            meta={"stats": stats, "rows": rows},
+            **tokens,
+        )

@@ -1,0 +1,335 @@
+"""MM-Vet benchmark files and scoring, without Lightning or torch.
+
+MM-Vet (Yu et al., 2023) has 218 open-ended questions, each tagged with a subset of six
+capabilities. ``mm-vet.json`` maps ``"v1_0"``..``"v1_217"`` to ``{"imagename", "question",
+"answer", "capability"}``; model answers use the official results format ``{id: text}``; grade
+files (written by the official GPT-4 grader, or by :func:`write_grades`) map each id to
+``{"model": [...], "content": [...], "score": [...]}`` with one entry per grading run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+CAPABILITIES: tuple[str, ...] = ("rec", "ocr", "know", "gen", "spat", "math")
+_ROW_KEYS = ("imagename", "question", "answer", "capability")
+_ROW_HINT = "each row needs imagename, question, answer, capability"
+
+
+@dataclass(frozen=True)
+class MMVetItem:
+    """One MM-Vet question; ``capabilities`` is in the fixed order of :data:`CAPABILITIES`."""
+
+    id: str
+    imagename: str
+    question: str
+    answer: str
+    capabilities: tuple[str, ...]
+
+
+class GradeLike(Protocol):
+    """Anything with the three fields of a grade-file entry (e.g. ``judges.Grade``)."""
+
+    score: float
+    content: str
+    model: str
+
+
+def id_sort_key(qid: str) -> tuple[str, int]:
+    """Sort ``v1_2`` before ``v1_10`` (numeric suffix order), as the official files do."""
+    match = re.fullmatch(r"(.*?)(\d+)", qid)
+    return (match.group(1), int(match.group(2))) if match else (qid, -1)
+
+
+def _sorted_ids(ids: Iterable[str]) -> list[str]:
+    return sorted(ids, key=id_sort_key)
+
+
+def _read_json_dict(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg}); "
+            f"expected {what}"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level is {type(data).__name__}; expected {what}")
+    return data
+
+
+def _write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def canonical_capabilities(caps: Iterable[str], where: str = "") -> tuple[str, ...]:
+    """Return ``caps`` as a tuple in the fixed order rec, ocr, know, gen, spat, math.
+
+    Raises ``ValueError`` (prefixed with ``where``) for an unknown or empty capability list.
+    """
+    caps = list(caps)
+    unknown = [c for c in caps if c not in CAPABILITIES]
+    if unknown:
+        raise ValueError(
+            f"{where}has unknown capability {unknown[0]!r}; "
+            f"use a subset of {', '.join(CAPABILITIES)}"
+        )
+    if not caps:
+        raise ValueError(f"{where}has an empty capability list; give at least one capability")
+    return tuple(c for c in CAPABILITIES if c in caps)
+
+
+def combination_key(caps: Iterable[str]) -> str:
+    """Name of an exact capability set, e.g. ``("spat", "rec", "ocr")`` -> ``"rec_ocr_spat"``."""
+    return "_".join(canonical_capabilities(caps))
+
+
+def _row_capabilities(path: Path, qid: str, row: Any, needed: Sequence[str], hint: str):
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}: row {qid!r} is {type(row).__name__}, not an object; {hint}")
+    for key in needed:
+        if key not in row:
+            raise ValueError(f"{path}: row {qid!r} lacks {key!r}; {hint}")
+    caps = row["capability"]
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise ValueError(f"{path}: row {qid!r} 'capability' must be a list of strings; {hint}")
+    return canonical_capabilities(caps, where=f"{path}: row {qid!r} ")
+
+
+def load_mmvet(path: str | Path) -> dict[str, MMVetItem]:
+    """Read ``mm-vet.json`` into ``{id: MMVetItem}`` in numeric id order.
+
+    Strict: invalid JSON, a row lacking a key, a non-string field or an unknown capability
+    raises ``ValueError`` naming the file, the row id and what each row needs.
+    """
+    path = Path(path)
+    data = _read_json_dict(path, "the MM-Vet mm-vet.json dict keyed by question id")
+    items: dict[str, MMVetItem] = {}
+    for qid in _sorted_ids(data):
+        row = data[qid]
+        caps = _row_capabilities(path, qid, row, _ROW_KEYS, _ROW_HINT)
+        for key in ("imagename", "question", "answer"):
+            if not isinstance(row[key], str):
+                raise ValueError(f"{path}: row {qid!r} {key!r} must be a string; {_ROW_HINT}")
+        items[qid] = MMVetItem(qid, row["imagename"], row["question"], row["answer"], caps)
+    return items
+
+
+def load_capabilities(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """Read ``{id: capabilities}`` from ``mm-vet.json`` or a ``capability_index.json``.
+
+    Both files carry a ``"capability"`` list per id; nothing else is required.
+    """
+    path = Path(path)
+    data = _read_json_dict(path, "a dict keyed by question id with a 'capability' list per row")
+    hint = "each row needs a 'capability' list"
+    return {
+        qid: _row_capabilities(path, qid, data[qid], ("capability",), hint)
+        for qid in _sorted_ids(data)
+    }
+
+
+def read_answers(path: str | Path) -> dict[str, str]:
+    """Read model answers in the official MM-Vet results format ``{id: answer text}``."""
+    path = Path(path)
+    data = _read_json_dict(path, "the MM-Vet results format {id: answer text}")
+    for qid, text in data.items():
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{path}: row {qid!r} answer is {type(text).__name__}; "
+                "the results format maps each id to its answer text"
+            )
+    return {qid: data[qid] for qid in _sorted_ids(data)}
+
+
+def write_answers(path: str | Path, answers: Mapping[str, str]) -> None:
+    """Write answers in the official results format (numeric id order, indent 2, UTF-8)."""
+    _write_json(path, {qid: answers[qid] for qid in _sorted_ids(answers)})
+
+
+def _as_scores(path: Path, qid: str, value: Any) -> list[float]:
+    # Accept the grader's {"score": [...]}, a bare list, or a single number per id.
+    if isinstance(value, dict):
+        if "score" not in value:
+            raise ValueError(f"{path}: row {qid!r} lacks 'score'; each grade row needs a score")
+        value = value["score"]
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise ValueError(f"{path}: row {qid!r} score must be a number or a non-empty number list")
+    return [float(v) for v in values]
+
+
+def read_grades(path: str | Path) -> dict[str, list[float]]:
+    """Read a grade file into ``{id: [score per run]}`` (a scalar score counts as one run)."""
+    path = Path(path)
+    data = _read_json_dict(path, "an MM-Vet grade file {id: {'model', 'content', 'score'}}")
+    return {qid: _as_scores(path, qid, data[qid]) for qid in _sorted_ids(data)}
+
+
+def write_grades(path: str | Path, grades: Mapping[str, GradeLike | Sequence[GradeLike]]) -> None:
+    """Write ``{id: [Grade per run]}`` as the official grade file layout.
+
+    Each id becomes ``{"model": [...], "content": [...], "score": [...]}``, one entry per run.
+    """
+    out: dict[str, dict[str, list[Any]]] = {}
+    for qid in _sorted_ids(grades):
+        runs = grades[qid]
+        runs = [runs] if hasattr(runs, "score") else list(runs)  # type: ignore[arg-type]
+        out[qid] = {
+            "model": [g.model for g in runs],
+            "content": [g.content for g in runs],
+            "score": [float(g.score) for g in runs],
+        }
+    _write_json(path, out)
+
+
+Stat = tuple[float, float]  # (mean, population std) over grading runs, on the 0-100 scale
+
+
+@dataclass(frozen=True)
+class MMVetScores:
+    """MM-Vet scores; every value is ``(mean, std)`` over grading runs at full precision."""
+
+    total_mean: float
+    total_std: float
+    per_capability: dict[str, Stat]
+    per_combination: dict[str, Stat]
+    num_runs: int
+    num_questions: int
+    capability_counts: dict[str, int] = field(default_factory=dict)
+    combination_counts: dict[str, int] = field(default_factory=dict)
+
+    def as_metrics(self, prefix: str = "mmvet", combinations: bool = False) -> dict[str, float]:
+        """Means as ``{"mmvet/total": ..., "mmvet/rec": ...}`` (plus ``mmvet/combo/<key>``)."""
+        head = f"{prefix}/" if prefix else ""
+        metrics = {f"{head}total": self.total_mean}
+        metrics.update({f"{head}{cap}": m for cap, (m, _) in self.per_capability.items()})
+        if combinations:
+            metrics.update(
+                {f"{head}combo/{key}": m for key, (m, _) in self.per_combination.items()}
+            )
+        return metrics
+
+    def format_table(self, combinations: bool = True) -> str:
+        """Plain-text table rounded to 1 decimal, as the reference implementation displays."""
+        rows = [("total", self.num_questions, self.total_mean, self.total_std)]
+        rows += [
+            (cap, self.capability_counts.get(cap, 0), m, s)
+            for cap, (m, s) in self.per_capability.items()
+        ]
+        if combinations:
+            rows += [
+                (key, self.combination_counts.get(key, 0), m, s)
+                for key, (m, s) in self.per_combination.items()
+            ]
+        width = max(len(name) for name, *_ in rows)
+        runs = "run" if self.num_runs == 1 else "runs"
+        lines = [
+            f"MM-Vet ({self.num_questions} questions, {self.num_runs} grading {runs})",
+            f"{'category':<{width}}  {'n':>4}  {'score':>6}  {'std':>5}",
+        ]
+        lines += [f"{name:<{width}}  {n:>4}  {m:>6.1f}  {s:>5.1f}" for name, n, m, s in rows]
+        return "\n".join(lines)
+
+
+def _mean_std(values: Sequence[float]) -> Stat:
+    # Population std (ddof=0), as numpy's default in the official grader.
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _name_ids(ids: Sequence[str]) -> str:
+    shown = ", ".join(repr(q) for q in ids[:5])
+    return f"{shown}{', ...' if len(ids) > 5 else ''} ({len(ids)} in all)"
+
+
+def _score_runs(
+    scores: Mapping[str, float | Sequence[float]], ids: Sequence[str]
+) -> dict[str, list[float]]:
+    missing = [qid for qid in ids if qid not in scores]
+    if missing:
+        raise ValueError(f"no score for question ids {_name_ids(missing)}; grade every question")
+    runs: dict[str, list[float]] = {}
+    for qid in ids:
+        value = scores[qid]
+        values = [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+        bad = [v for v in values if not 0.0 <= v <= 1.0]  # also catches NaN
+        if not values or bad:
+            raise ValueError(f"question {qid!r} scores {values} must be a non-empty list in [0, 1]")
+        runs[qid] = values
+    lengths = {len(v) for v in runs.values()}
+    if len(lengths) > 1:
+        first = len(runs[ids[0]])
+        odd = [qid for qid in ids if len(runs[qid]) != first]
+        raise ValueError(
+            f"grading runs differ in length: {ids[0]!r} has {first}, but ids {_name_ids(odd)} "
+            "differ; give every question the same number of runs"
+        )
+    return runs
+
+
+def _group_stat(runs: Mapping[str, list[float]], ids: Sequence[str], num_runs: int) -> Stat:
+    per_run = [100.0 * sum(runs[q][r] for q in ids) / len(ids) for r in range(num_runs)]
+    return _mean_std(per_run)
+
+
+def score_mmvet(
+    scores: Mapping[str, float | Sequence[float]],
+    capabilities: Mapping[str, Sequence[str]],
+) -> MMVetScores:
+    """Score MM-Vet from per-question grades, as the official grader does.
+
+    Let ``s[i, r]`` in [0, 1] be question ``i``'s score in grading run ``r`` (a scalar score
+    is one run), ``Q`` the ids in ``capabilities`` and ``Q_c`` those tagged with capability
+    ``c``. For each run ``r``::
+
+        total[r] = 100 * sum_{i in Q} s[i, r] / |Q|
+        cap_c[r] = 100 * sum_{i in Q_c} s[i, r] / |Q_c|
+        combo_k[r] = 100 * mean_{i : caps(i) == k} s[i, r]
+
+    where a combination key ``k`` is the exact capability set in the order rec, ocr, know,
+    gen, spat, math joined by ``_`` (e.g. ``rec_ocr_spat``). Each score is reported as
+    ``(mean over r, population std over r)`` (ddof=0; 0.0 for a single run). Capabilities no
+    question carries are omitted; combinations are ordered by question count, largest first.
+    Scores for ids outside ``capabilities`` are ignored.
+
+    Raises ``ValueError`` if an id in ``capabilities`` has no score (naming up to 5 ids and the
+    count), if ids have different numbers of runs, or if a score lies outside [0, 1].
+    """
+    ids = _sorted_ids(capabilities)
+    if not ids:
+        raise ValueError("no questions to score; capabilities is empty")
+    caps = {q: canonical_capabilities(capabilities[q], where=f"question {q!r} ") for q in ids}
+    runs = _score_runs(scores, ids)
+    num_runs = len(runs[ids[0]])
+
+    by_cap = {c: [q for q in ids if c in caps[q]] for c in CAPABILITIES}
+    by_cap = {c: qs for c, qs in by_cap.items() if qs}
+    by_combo: dict[str, list[str]] = {}
+    for q in ids:
+        by_combo.setdefault("_".join(caps[q]), []).append(q)
+    # Largest combinations first, as the official table lists them; ties in first-seen order.
+    combo_order = sorted(by_combo, key=lambda k: -len(by_combo[k]))
+
+    total_mean, total_std = _group_stat(runs, ids, num_runs)
+    return MMVetScores(
+        total_mean=total_mean,
+        total_std=total_std,
+        per_capability={c: _group_stat(runs, qs, num_runs) for c, qs in by_cap.items()},
+        per_combination={k: _group_stat(runs, by_combo[k], num_runs) for k in combo_order},
+        num_runs=num_runs,
+        num_questions=len(ids),
+        capability_counts={c: len(qs) for c, qs in by_cap.items()},
+        combination_counts={k: len(by_combo[k]) for k in combo_order},
+    )

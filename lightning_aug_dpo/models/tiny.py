@@ -1,0 +1,214 @@
+"""Write a tiny, random, but *real* LLaVA checkpoint directory.
+
+The demo and the test-suite need a model that goes through exactly the code paths of
+``llava-hf/llava-1.5-7b-hf``: ``LlavaForConditionalGeneration.from_pretrained``,
+``AutoProcessor.from_pretrained``, the chat template, the ``<image>`` token expansion, PEFT and
+bitsandbytes. Nothing may be downloaded, so this module builds every part offline:
+
+* a byte-level BPE tokenizer trained with ``tokenizers`` on a fixed word list (deterministic),
+  padded to exactly ``vocab_size`` entries so that every id the model can emit decodes;
+* a CLIP vision tower + Llama text model from config, random weights from a fixed seed;
+* LLaVA-1.5's vicuna-style chat template (``USER: <image>\\n... ASSISTANT:``);
+* a CLIP image processor config (pad-to-square is done by this project's device preprocessing).
+
+Every Linear layer has dimensions that are multiples of 64 (vocab a multiple of 32) because
+bitsandbytes' CPU 4-bit kernels require ``in % 64 == 0`` and ``out % 32 == 0``.
+
+Usage: ``python -m lightning_aug_dpo.models.tiny OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+
+# The LLaVA-1.5 conversation format of llava-hf's processors (vicuna v1 without system prompt).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}"
+    "{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# A fixed corpus: enough distinct words for BPE to reach the target vocabulary deterministically.
+_WORDS = """
+the a an is are was were of in on at to and or not with what which who how many much color
+colour shape shapes circle square triangle rectangle left right top bottom middle center above
+below next behind front red green blue yellow purple orange white black gray grey brown pink
+one two three four five six seven eight nine ten zero yes no there image picture photo book
+cover title author word written text letter number count answer question describe detail
+caption provide sentence single phrase reference ocr token this that these those it its
+they them he she his her we you your can could would should do does did has have had be been
+large small big little tall short round dark light bright background object objects scene
+person people man woman dog cat car bus tree house sky water road sign street table food
+USER ASSISTANT User Assistant
+""".split()
+
+
+@dataclass(frozen=True)
+class TinyLlavaSpec:
+    """Sizes of the tiny model. Defaults keep a CPU forward under a few milliseconds."""
+
+    vocab_size: int = 512  # multiple of 32 (bitsandbytes) and of 64 (lm_head in_features rule)
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    image_size: int = 64
+    patch_size: int = 16
+    max_position_embeddings: int = 512
+    seed: int = 0
+
+
+def build_tokenizer(vocab_size: int):
+    """Train a byte-level BPE tokenizer of exactly ``vocab_size`` entries, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Vary capitalisation and punctuation so merges cover realistic prompts.
+    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
+    corpus += [f"{a} {b}" for a, b in zip(_WORDS, _WORDS[1:], strict=False)]
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    if tok.get_vocab_size() != vocab_size:
+        raise RuntimeError(
+            f"tiny tokenizer has {tok.get_vocab_size()} entries, expected {vocab_size}; "
+            "extend the corpus in lightning_aug_dpo/models/tiny.py"
+        )
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=2048,
+    )
+
+
+def write_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, processor and chat template to ``out_dir``.
+
+    The result loads with ``LlavaForConditionalGeneration.from_pretrained(out_dir)`` and
+    ``AutoProcessor.from_pretrained(out_dir)`` without network access. Deterministic per spec.
+    """
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    spec = spec or TinyLlavaSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(spec.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+    text_config = LlamaConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+        attention_dropout=0.0,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=spec.vision_intermediate_size,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden_size,
+    )
+    num_patches = (spec.image_size // spec.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=ids[IMAGE_TOKEN],
+        image_seq_length=num_patches,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    config.pad_token_id = ids["<pad>"]
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.generation_config.eos_token_id = ids["</s>"]
+    model.generation_config.bos_token_id = ids["<s>"]
+    model.save_pretrained(out)
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
+    processor.save_pretrained(out)
+    (out / "tiny_llava_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    args = parser.parse_args(argv)
+    path = write_tiny_llava(args.out_dir, TinyLlavaSpec(seed=args.seed))
+    print(f"tiny LLaVA written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

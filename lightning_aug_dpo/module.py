@@ -1,0 +1,398 @@
+"""``AugDPOModule``: DPO of a LoRA-adapted vision-language model against its own frozen base.
+
+The module is VLM-agnostic. A new model family subclasses it and overrides the hooks in the
+"model-specific hooks" section (see ``models/llava.py``); nothing else special-cases a family.
+
+One training step, top to bottom (``training_step``):
+
+1. log the pair counts of the batch (pairs were made by the DataModule, or read from disk);
+2. policy log-probs of chosen and rejected, concatenated in ONE forward on the clean image;
+3. reference log-probs: the same base with adapters disabled, under ``no_grad``;
+4. ``loss = self.loss(...)`` (a :class:`PreferenceLoss`), TRL-named metrics logged.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lightning_aug_dpo.augment import ImagePreprocessor
+from lightning_aug_dpo.losses import (
+    PreferenceLoss,
+    SigmoidDPOLoss,
+    concat_prompt_response,
+    sequence_logprobs,
+)
+from lightning_aug_dpo.metrics import PreferenceMetrics, preference_values
+from lightning_aug_dpo.runs import run_dir
+from lightning_aug_dpo.schedules import WarmupCosineSchedule
+from lightning_aug_dpo.types import PairStats, PreferenceBatch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Temporarily switch off dropout (and gradient checkpointing) for generation."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(r) for r in rows), default=0) or 1
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class AugDPOModule(pl.LightningModule):
+    """DPO over self-generated (clean-image answer, augmented-image answer) pairs.
+
+    Args:
+        model_name_or_path: a local checkpoint directory or a hub id, read by ``from_pretrained``.
+        loss: the preference loss; SeVa uses sigmoid DPO with beta 0.1.
+        lora_r: LoRA rank (SeVa: 1024).
+        lora_alpha: LoRA scaling numerator (SeVa: 2048).
+        lora_dropout: dropout on the LoRA branch (SeVa: 0). Non-zero breaks the exact ln 2 at
+            step 0, since the policy is then stochastic.
+        lora_target_modules: leaf names of the language model's Linear layers to adapt; the
+            model hook scopes them to the language model (never the vision tower).
+        modules_to_save: submodules trained in full and saved with the adapter (SeVa trains the
+            projector: ``[multi_modal_projector]``); with adapters disabled the originals serve
+            as the reference.
+        load_in_4bit: quantise the frozen base to 4-bit NF4 with bitsandbytes (QLoRA).
+        torch_dtype: dtype of the base weights (and 4-bit compute dtype).
+        gradient_checkpointing: trade compute for activation memory in the policy forward.
+        pad_to_square: LLaVA-1.5's mean-colour padding before resizing.
+        max_length: prompt + response tokens kept for DPO; longer responses are truncated.
+        optimizer: optimizer factory over the trainable parameters.
+        lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
+            is sized from the Trainer. Stepped every optimizer step.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        loss: PreferenceLoss = lazy_instance(SigmoidDPOLoss, beta=0.1),
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | None = None,
+        modules_to_save: list[str] | None = None,
+        load_in_4bit: bool = False,
+        torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        pad_to_square: bool = True,
+        max_length: int = 2048,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        # Callables and modules are recorded by LightningCLI's config.yaml; keep them out of
+        # hparams (they do not pickle, and the loss is rebuilt from its config).
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        self.loss = loss
+        self.lora_target_modules = lora_target_modules or [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ]
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.model: nn.Module | None = None  # built in configure_model()
+        self.processor: Any = None
+        self.preprocessor: ImagePreprocessor | None = None
+        self.train_metrics = PreferenceMetrics()
+        self.val_metrics = PreferenceMetrics(sync_on_step=False)
+        # The frozen base is not part of checkpoints: only trainable tensors are saved.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ model-specific hooks
+    def load_processor(self) -> Any:
+        """Processor (tokenizer + image processor) of the checkpoint."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.hparams.model_name_or_path)
+
+    def load_model(self) -> nn.Module:
+        """The base model, frozen, optionally 4-bit. Override for other auto classes."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(
+            self.hparams.model_name_or_path, **self.from_pretrained_kwargs()
+        )
+
+    def quantization_skip_modules(self) -> list[str]:
+        """Full module-path prefixes kept out of 4-bit quantisation."""
+        return ["lm_head"]
+
+    def lora_target_regex(self) -> str:
+        """PEFT ``target_modules`` regex (full match on module paths)."""
+        return r".*\.(" + "|".join(self.lora_target_modules) + r")"
+
+    def format_prompt(self, question: str) -> str:
+        """Prompt text with one image placeholder, ready for the assistant's answer."""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def format_response(self, answer: str) -> str:
+        """Text appended to the prompt for an answer (the EOS id is added after it)."""
+        return " " + answer
+
+    def expand_image_tokens(self, prompt: str) -> str:
+        """Replace the image placeholder by as many tokens as the vision tower yields."""
+        return prompt
+
+    def image_preprocessor(self) -> ImagePreprocessor:
+        return ImagePreprocessor.from_image_processor(
+            self.processor.image_processor, pad_to_square=self.hparams.pad_to_square
+        )
+
+    def image_token_id(self) -> int | None:
+        return None
+
+    def generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        """Greedy decoding, as SeVa's rollouts; the image token may never be generated."""
+        tok = self.tokenizer
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+        if self.image_token_id() is not None:
+            kwargs["suppress_tokens"] = [self.image_token_id()]
+        return kwargs
+
+    def forward_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            pixel_values=pixel_values.to(self.compute_dtype), use_cache=False,
+        ).logits
+
+    # ------------------------------------------------------------------ model construction
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return DTYPES[self.hparams.torch_dtype]
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"dtype": self.compute_dtype}
+        if self.hparams.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self.compute_dtype,
+                llm_int8_skip_modules=self.quantization_skip_modules(),
+            )
+            # Quantise straight onto the training device instead of moving packed weights later.
+            device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+            kwargs["device_map"] = {"": str(device)}
+        return kwargs
+
+    def configure_model(self) -> None:
+        """Load processor and base, freeze the base, attach LoRA. Idempotent."""
+        if self.model is not None:
+            return
+        from peft import LoraConfig, get_peft_model
+
+        self.processor = self.load_processor()
+        base = self.load_model()
+        base.requires_grad_(False)
+        base.train()  # from_pretrained returns eval mode; Lightning toggles modes from here on
+        if self.hparams.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        lora = LoraConfig(
+            r=self.hparams.lora_r,
+            lora_alpha=self.hparams.lora_alpha,
+            lora_dropout=self.hparams.lora_dropout,
+            target_modules=self.lora_target_regex(),
+            modules_to_save=self.hparams.modules_to_save,
+            bias="none",
+        )
+        self.model = get_peft_model(base, lora)
+        self.preprocessor = self.image_preprocessor()
+
+    def reference_context(self) -> AbstractContextManager:
+        """Context in which ``self.model`` computes the reference: adapters off."""
+        return self.model.disable_adapter()
+
+    # ------------------------------------------------------------------ public API (DataModule, callbacks)
+    def preprocess_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 images at native size -> normalised model input on this module's device."""
+        self.preprocessor.to(self.device)
+        return self.preprocessor([image.to(self.device) for image in images])
+
+    def prompt_texts(self, questions: list[str]) -> list[str]:
+        return [self.expand_image_tokens(self.format_prompt(q)) for q in questions]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        questions: list[str],
+        max_new_tokens: int = 64,
+        use_reference: bool = True,
+    ) -> list[str]:
+        """Greedy answers to ``questions`` about ``pixel_values`` (normalised, on device).
+
+        ``use_reference`` generates with adapters disabled (the initial model, as SeVa's offline
+        pairs); otherwise with the current policy. ``no_grad`` rather than ``inference_mode``: the
+        outputs are trained on later.
+        """
+        if not questions:
+            return []
+        enc = self.tokenizer(
+            self.prompt_texts(questions), return_tensors="pt", padding=True, padding_side="left"
+        ).to(self.device)
+        context = self.reference_context() if use_reference else nullcontext()
+        with context, eval_mode(self.model):
+            out = self.model.generate(
+                input_ids=enc.input_ids,
+                attention_mask=enc.attention_mask,
+                pixel_values=pixel_values.to(self.compute_dtype),
+                **self.generation_kwargs(max_new_tokens),
+            )
+        new_tokens = out[:, enc.input_ids.shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def tokenize_pairs(
+        self, questions: list[str], chosen: list[str], rejected: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """Token tensors of :class:`PreferenceBatch` (right-padded, on this module's device)."""
+        tok, max_len = self.tokenizer, self.hparams.max_length
+        prompts = [tok(p).input_ids for p in self.prompt_texts(questions)]
+
+        def responses(texts: list[str]) -> list[list[int]]:
+            rows = []
+            for prompt, text in zip(prompts, texts, strict=True):
+                ids = tok(self.format_response(text), add_special_tokens=False).input_ids
+                rows.append((ids + [tok.eos_token_id])[: max(1, max_len - len(prompt))])
+            return rows
+
+        out = {}
+        for name, rows in (("prompt", prompts), ("chosen", responses(chosen)),
+                           ("rejected", responses(rejected))):
+            ids, mask = _right_pad(rows, tok.pad_token_id)
+            out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = ids, mask
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ DPO maths
+    def sequence_logps(self, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
+        """Chosen and rejected log-probs from ONE forward, both on the clean image."""
+        pad = self.tokenizer.pad_token_id
+        width = max(batch.chosen_input_ids.shape[1], batch.rejected_input_ids.shape[1])
+
+        def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+            return nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        input_ids, attention_mask, loss_mask = concat_prompt_response(
+            batch.prompt_input_ids.repeat(2, 1),
+            batch.prompt_attention_mask.repeat(2, 1),
+            torch.cat([widen(batch.chosen_input_ids, pad), widen(batch.rejected_input_ids, pad)]),
+            torch.cat([widen(batch.chosen_attention_mask, 0),
+                       widen(batch.rejected_attention_mask, 0)]),
+            pad_id=pad,
+        )
+        logits = self.forward_logits(input_ids, attention_mask, batch.pixel_values.repeat(2, 1, 1, 1))
+        logps, mean_logits = sequence_logprobs(logits, input_ids, loss_mask)
+        n = len(batch)
+        return {
+            "chosen": logps[:n], "rejected": logps[n:],
+            "chosen_logits": mean_logits[:n], "rejected_logits": mean_logits[n:],
+        }
+
+    def preference_step(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        policy = self.sequence_logps(batch)
+        with torch.no_grad(), self.reference_context():
+            reference = self.sequence_logps(batch)
+        out = self.loss(policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"])
+        values = preference_values(
+            out, policy["chosen"], policy["rejected"],
+            policy["chosen_logits"], policy["rejected_logits"],
+            batch.chosen_attention_mask.sum(-1), batch.rejected_attention_mask.sum(-1),
+        )
+        return out.loss, values
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
+        stats: PairStats = batch.meta["stats"]
+        counts = self.train_metrics.update_counts(stats.prompts, stats.kept, stats.identical)
+        for name, value in counts.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        if len(batch) == 0:  # every pair was identical: nothing to learn from
+            return None
+        loss, values = self.preference_step(batch)
+        for name, value in self.train_metrics.update(values).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=len(batch))
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset_means()
+
+    def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: PreferenceBatch, stage: str) -> None:
+        stats: PairStats = batch.meta["stats"]
+        self.val_metrics.update_counts(stats.prompts, stats.kept, stats.identical)
+        if len(batch) == 0:
+            return
+        _, values = self.preference_step(batch)
+        self.val_metrics.update(values)
+        for key, metric in self.val_metrics.means.items():
+            self.log(f"{stage}/{key.replace('__', '/')}", metric, on_step=False, on_epoch=True,
+                     batch_size=len(batch))
+
+    def predict_step(self, batch: PreferenceBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Offline mode: the pairs themselves, one dict per kept pair (see ``PairsWriter``)."""
+        return list(batch.meta["rows"])
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosineSchedule) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Keep checkpoints adapter-sized: the frozen (possibly 4-bit) base reloads from its path.
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.save_adapter(run_dir(self.trainer) / "adapter")
+
+    def save_adapter(self, path: Any) -> None:
+        """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        self.model.save_pretrained(str(path))
