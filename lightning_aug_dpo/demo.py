@@ -16,7 +16,9 @@ from lightning_aug_dpo.data.synthetic import write_llava_dataset, write_mmvet_be
 from lightning_aug_dpo.models.tiny import write_tiny_llava
 
 
-def prepare_demo_assets(out_dir: str | Path = "demo_assets", num_images: int = 96) -> dict[str, Path]:
+def prepare_demo_assets(
+    out_dir: str | Path = "demo_assets", num_images: int = 96
+) -> dict[str, Path]:
     """Write (or reuse) the demo's model and data; returns their paths."""
     out = Path(out_dir)
     paths = {

@@ -106,7 +106,13 @@ class AugDPOModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.loss = loss
         self.lora_target_modules = lora_target_modules or [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         ]
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -168,8 +174,12 @@ class AugDPOModule(pl.LightningModule):
         """Greedy decoding, as SeVa's rollouts; the image token may never be generated."""
         tok = self.tokenizer
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
         )
         if self.image_token_id() is not None:
             kwargs["suppress_tokens"] = [self.image_token_id()]
@@ -179,8 +189,10 @@ class AugDPOModule(pl.LightningModule):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> torch.Tensor:
         return self.model(
-            input_ids=input_ids, attention_mask=attention_mask,
-            pixel_values=pixel_values.to(self.compute_dtype), use_cache=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values.to(self.compute_dtype),
+            use_cache=False,
         ).logits
 
     # ------------------------------------------------------------------ model construction
@@ -220,7 +232,9 @@ class AugDPOModule(pl.LightningModule):
         base.requires_grad_(False)
         base.train()  # from_pretrained returns eval mode; Lightning toggles modes from here on
         if self.hparams.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
             base.enable_input_require_grads()
         lora = LoraConfig(
             r=self.hparams.lora_r,
@@ -237,7 +251,7 @@ class AugDPOModule(pl.LightningModule):
         """Context in which ``self.model`` computes the reference: adapters off."""
         return self.model.disable_adapter()
 
-    # ------------------------------------------------------------------ public API (DataModule, callbacks)
+    # ------------------------------------------------------------ API for DataModule and callbacks
     def preprocess_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 images at native size -> normalised model input on this module's device."""
         self.preprocessor.to(self.device)
@@ -288,12 +302,15 @@ class AugDPOModule(pl.LightningModule):
             rows = []
             for prompt, text in zip(prompts, texts, strict=True):
                 ids = tok(self.format_response(text), add_special_tokens=False).input_ids
-                rows.append((ids + [tok.eos_token_id])[: max(1, max_len - len(prompt))])
+                rows.append([*ids, tok.eos_token_id][: max(1, max_len - len(prompt))])
             return rows
 
         out = {}
-        for name, rows in (("prompt", prompts), ("chosen", responses(chosen)),
-                           ("rejected", responses(rejected))):
+        for name, rows in (
+            ("prompt", prompts),
+            ("chosen", responses(chosen)),
+            ("rejected", responses(rejected)),
+        ):
             ids, mask = _right_pad(rows, tok.pad_token_id)
             out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = ids, mask
         return {k: v.to(self.device) for k, v in out.items()}
@@ -311,27 +328,40 @@ class AugDPOModule(pl.LightningModule):
             batch.prompt_input_ids.repeat(2, 1),
             batch.prompt_attention_mask.repeat(2, 1),
             torch.cat([widen(batch.chosen_input_ids, pad), widen(batch.rejected_input_ids, pad)]),
-            torch.cat([widen(batch.chosen_attention_mask, 0),
-                       widen(batch.rejected_attention_mask, 0)]),
+            torch.cat(
+                [widen(batch.chosen_attention_mask, 0), widen(batch.rejected_attention_mask, 0)]
+            ),
             pad_id=pad,
         )
-        logits = self.forward_logits(input_ids, attention_mask, batch.pixel_values.repeat(2, 1, 1, 1))
+        logits = self.forward_logits(
+            input_ids, attention_mask, batch.pixel_values.repeat(2, 1, 1, 1)
+        )
         logps, mean_logits = sequence_logprobs(logits, input_ids, loss_mask)
         n = len(batch)
         return {
-            "chosen": logps[:n], "rejected": logps[n:],
-            "chosen_logits": mean_logits[:n], "rejected_logits": mean_logits[n:],
+            "chosen": logps[:n],
+            "rejected": logps[n:],
+            "chosen_logits": mean_logits[:n],
+            "rejected_logits": mean_logits[n:],
         }
 
-    def preference_step(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def preference_step(
+        self, batch: PreferenceBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         policy = self.sequence_logps(batch)
         with torch.no_grad(), self.reference_context():
             reference = self.sequence_logps(batch)
-        out = self.loss(policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"])
+        out = self.loss(
+            policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"]
+        )
         values = preference_values(
-            out, policy["chosen"], policy["rejected"],
-            policy["chosen_logits"], policy["rejected_logits"],
-            batch.chosen_attention_mask.sum(-1), batch.rejected_attention_mask.sum(-1),
+            out,
+            policy["chosen"],
+            policy["rejected"],
+            policy["chosen_logits"],
+            policy["rejected_logits"],
+            batch.chosen_attention_mask.sum(-1),
+            batch.rejected_attention_mask.sum(-1),
         )
         return out.loss, values
 
@@ -365,8 +395,13 @@ class AugDPOModule(pl.LightningModule):
         _, values = self.preference_step(batch)
         self.val_metrics.update(values)
         for key, metric in self.val_metrics.means.items():
-            self.log(f"{stage}/{key.replace('__', '/')}", metric, on_step=False, on_epoch=True,
-                     batch_size=len(batch))
+            self.log(
+                f"{stage}/{key.replace('__', '/')}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(batch),
+            )
 
     def predict_step(self, batch: PreferenceBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Offline mode: the pairs themselves, one dict per kept pair (see ``PairsWriter``)."""
@@ -380,7 +415,10 @@ class AugDPOModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         if isinstance(scheduler, WarmupCosineSchedule) and scheduler.total_steps is None:
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Keep checkpoints adapter-sized: the frozen (possibly 4-bit) base reloads from its path.

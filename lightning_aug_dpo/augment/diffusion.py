@@ -55,8 +55,9 @@ class DiffusionNoise(nn.Module):
         for seed in seeds:
             generator = torch.Generator(device=like.device).manual_seed(int(seed))
             noise.append(
-                torch.randn(like.shape[1:], generator=generator, device=like.device,
-                            dtype=torch.float32)
+                torch.randn(
+                    like.shape[1:], generator=generator, device=like.device, dtype=torch.float32
+                )
             )
         return torch.stack(noise).to(like.dtype)
 
@@ -71,4 +72,5 @@ class DiffusionNoise(nn.Module):
         return {"name": self.name, "noise_step": self.noise_step, "seed": int(seed)}
 
     def extra_repr(self) -> str:
-        return f"noise_step={self.noise_step}, signal={self.signal_scale:.3f}, noise={self.noise_scale:.3f}"
+        signal, noise = self.signal_scale, self.noise_scale
+        return f"noise_step={self.noise_step}, signal={signal:.3f}, noise={noise:.3f}"

@@ -76,7 +76,10 @@ class ImagePreprocessor(nn.Module):
         new_h, new_w = max(self.size, int(h * scale)), max(self.size, int(w * scale))
         if (new_h, new_w) != (h, w):
             image = F.interpolate(
-                image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True,
+                image[None].float(),
+                size=(new_h, new_w),
+                mode="bicubic",
+                antialias=True,
                 align_corners=False,
             )[0]
             image = image.round().clamp(0, 255)  # PIL resamples to uint8

@@ -105,8 +105,10 @@ class MMVetEvalCallback(Callback):
             stem = f"{self.model_tag}_epoch{trainer.current_epoch}"
             write_answers(out / f"{stem}.json", answers)
             write_grades(out / f"{stem}_{self.judge.name}-grade-1runs.json", grades)
-            rank_zero_info(f"MM-Vet ({self.data_path.name}, judge {self.judge.name}):\n"
-                           f"{scores.format_table(combinations=False)}")
+            rank_zero_info(
+                f"MM-Vet ({self.data_path.name}, judge {self.judge.name}):\n"
+                f"{scores.format_table(combinations=False)}"
+            )
         return scores.as_metrics("mmvet")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -32,8 +32,14 @@ class PairsWriter(BasePredictionWriter):
         path.write_text("")  # a fresh file per run; rows are appended batch by batch
 
     def write_on_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-        batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         with self._path(trainer).open("a", encoding="utf-8") as f:
             for row in prediction:

@@ -25,7 +25,7 @@ from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
     collate_prompts,
-    load_llava_prompts,
+    load_prompts,
     split_prompts,
 )
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
@@ -42,7 +42,8 @@ class AugPairDataModule(pl.LightningDataModule):
     """Prompts -> device augmentation -> policy/reference rollouts -> ``PreferenceBatch``.
 
     Args:
-        data_path: LLaVA-665k-format JSON (list of ``{id, image, conversations}``).
+        data_path: LLaVA-665k-format JSON (list of ``{id, image, conversations}``) or a JSONL
+            prompt list (``{image, text}`` per line, as SeVa's prompt files).
         image_folder: folder the rows' ``image`` paths are relative to.
         num_prompts: training prompts sampled with ``seed`` (``null``: all).
         num_val_prompts: held-out prompts for ``validate``/``test`` (0: none).
@@ -81,10 +82,12 @@ class AugPairDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_prompts:
             return
-        source = load_llava_prompts(self.hparams.data_path)
+        source = load_prompts(self.hparams.data_path)
         self.skipped_text_only = source.skipped_text_only
         self.train_prompts, self.val_prompts = split_prompts(
-            source.prompts, self.hparams.num_prompts, self.hparams.num_val_prompts,
+            source.prompts,
+            self.hparams.num_prompts,
+            self.hparams.num_val_prompts,
             self.hparams.seed,
         )
 
@@ -114,15 +117,17 @@ class AugPairDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, PromptBatch):
-            return self.make_pairs(batch)
+            return self.make_pairs(batch, self.trainer.lightning_module, self.trainer.current_epoch)
         return batch
 
     @torch.no_grad()
-    def make_pairs(self, batch: PromptBatch) -> PreferenceBatch:
-        """Rollouts on clean and augmented images of one prompt batch (see module docstring)."""
-        module = self.trainer.lightning_module
+    def make_pairs(self, batch: PromptBatch, module: Any, epoch: int = 0) -> PreferenceBatch:
+        """Rollouts on clean and augmented images of one prompt batch (see module docstring).
+
+        ``module`` is the :class:`AugDPOModule` whose ``preprocess_images``, ``generate`` and
+        ``tokenize_pairs`` make the pairs; ``epoch`` enters the per-sample augmentation seeds.
+        """
         clean = module.preprocess_images(batch.images)
-        epoch = self.trainer.current_epoch
         seeds = [sample_seed(self.hparams.seed, epoch, i) for i in batch.indices]
         augmented = self.augmentation.to(clean.device)(clean, seeds)
 
@@ -132,7 +137,8 @@ class AugPairDataModule(pl.LightningDataModule):
         rejected = module.generate(augmented, batch.questions, new_tokens, use_reference)
 
         keep = [
-            i for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
+            i
+            for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
             if not (self.hparams.drop_identical and c == r)
         ]
         stats = PairStats(prompts=len(batch), kept=len(keep), identical=len(batch) - len(keep))

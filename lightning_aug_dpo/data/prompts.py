@@ -59,9 +59,13 @@ def load_llava_prompts(path: str | Path) -> PromptSource:
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); expected a LLaVA-665k JSON list") from err
+        raise ValueError(
+            f"{path}: not valid JSON ({err}); expected a LLaVA-665k JSON list"
+        ) from err
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of conversations, got {type(rows).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON list of conversations, got {type(rows).__name__}"
+        )
     prompts, skipped = [], 0
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -83,12 +87,50 @@ def load_llava_prompts(path: str | Path) -> PromptSource:
     return PromptSource(prompts, skipped)
 
 
+def load_jsonl_prompts(path: str | Path) -> PromptSource:
+    """Read a JSONL prompt list: one ``{"image", "text"}`` object per line (SeVa's prompt files;
+    an optional ``id`` or ``question_id`` is kept, else the line number is the id)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found; check `data.data_path`")
+    prompts = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}: line {line_no} is not valid JSON ({err}); fix or remove it"
+            ) from err
+        if not isinstance(row, dict) or "image" not in row or "text" not in row:
+            raise ValueError(
+                f"{path}: line {line_no}: expected an object with 'image' and 'text', "
+                f"got {line[:80]!r}"
+            )
+        row_id = str(row.get("id", row.get("question_id", line_no)))
+        question = clean_question(str(row["text"]))
+        if not question:
+            raise ValueError(f"{path}: line {line_no} (id {row_id!r}): empty 'text'")
+        prompts.append(Prompt(id=row_id, image=str(row["image"]), question=question))
+    return PromptSource(prompts, skipped_text_only=0)
+
+
+def load_prompts(path: str | Path) -> PromptSource:
+    """Prompts from a LLaVA-665k JSON list (``.json``) or a ``{image, text}`` JSONL list."""
+    if Path(path).suffix == ".jsonl":
+        return load_jsonl_prompts(path)
+    return load_llava_prompts(path)
+
+
 def split_prompts(
     prompts: list[Prompt], num_train: int | None, num_val: int, seed: int
 ) -> tuple[list[Prompt], list[Prompt]]:
     """Seeded shuffle, then ``num_val`` held-out prompts and up to ``num_train`` training ones."""
     if num_val < 0 or (num_train is not None and num_train < 1):
-        raise ValueError(f"num_prompts must be >= 1 and num_val_prompts >= 0, got {num_train}, {num_val}")
+        raise ValueError(
+            f"num_prompts must be >= 1 and num_val_prompts >= 0, got {num_train}, {num_val}"
+        )
     order = list(prompts)
     random.Random(seed).shuffle(order)
     val, rest = order[:num_val], order[num_val:]

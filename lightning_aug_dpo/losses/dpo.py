@@ -15,7 +15,8 @@ class SigmoidDPOLoss(PreferenceLoss):
 
     .. math::
 
-        h = \beta\,[(\log\pi(y_w|x) - \log\pi(y_l|x)) - (\log\pi_{ref}(y_w|x) - \log\pi_{ref}(y_l|x))]
+        h = \beta\,[(\log\pi(y_w|x) - \log\pi(y_l|x))
+                   - (\log\pi_{ref}(y_w|x) - \log\pi_{ref}(y_l|x))]
 
         \ell = -(1-\varepsilon)\,\log\sigma(h) - \varepsilon\,\log\sigma(-h)
 
@@ -46,7 +47,9 @@ class SigmoidDPOLoss(PreferenceLoss):
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
         chosen, rejected = self.rewards(
-            policy_chosen_logps, policy_rejected_logps,
-            reference_chosen_logps, reference_rejected_logps,
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
         )
         return PreferenceLossOutput(losses.mean(), losses, chosen, rejected)

@@ -8,6 +8,7 @@ out of 4-bit quantisation, and how many tokens the ``<image>`` placeholder expan
 from __future__ import annotations
 
 import re
+
 from torch import nn
 
 from lightning_aug_dpo.module import AugDPOModule

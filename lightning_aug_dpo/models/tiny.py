@@ -20,6 +20,7 @@ Usage: ``python -m lightning_aug_dpo.models.tiny OUT_DIR``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ they them he she his her we you your can could would should do does did has have
 large small big little tall short round dark light bright background object objects scene
 person people man woman dog cat car bus tree house sky water road sign street table food
 USER ASSISTANT User Assistant
-""".split()
+""".split()  # noqa: SIM905 (a word list reads best as prose)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def build_tokenizer(vocab_size: int):
     )
     # Vary capitalisation and punctuation so merges cover realistic prompts.
     corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += [f"{a} {b}" for a, b in zip(_WORDS, _WORDS[1:], strict=False)]
+    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
     tok.train_from_iterator(corpus * 4, trainer=trainer)
     if tok.get_vocab_size() != vocab_size:
         raise RuntimeError(
