@@ -144,8 +144,9 @@ def test_diffusion_noise_wrong_number_of_seeds(seeds):
 
 
 def _random_uint8(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_preprocessor_fill_is_llava_background():
@@ -191,8 +192,12 @@ def test_preprocessor_square_passthrough():
 
 def test_preprocessor_mixed_sizes():
     pre = ImagePreprocessor(32, CLIP_MEAN, CLIP_STD)
-    images = [_random_uint8(20, 40), _random_uint8(50, 30, 1), _random_uint8(32, 32, 2),
-              _random_uint8(7, 9, 3)]
+    images = [
+        _random_uint8(20, 40),
+        _random_uint8(50, 30, 1),
+        _random_uint8(32, 32, 2),
+        _random_uint8(7, 9, 3),
+    ]
     out = pre(images)
     assert out.shape == (4, 3, 32, 32)
     assert out.dtype == torch.float32
@@ -219,8 +224,13 @@ def test_preprocessor_without_padding_resizes():
     ramp = torch.linspace(0, 255, 40).round().to(torch.uint8).view(1, 1, 40).expand(3, 20, 40)
     out = pre([ramp.contiguous()])
     assert out.shape == (1, 3, 10, 10)
-    resized = F.interpolate(ramp[None].float(), size=(10, 20), mode="bicubic", antialias=True,
-                            align_corners=False)[0].round().clamp(0, 255)
+    resized = (
+        F.interpolate(
+            ramp[None].float(), size=(10, 20), mode="bicubic", antialias=True, align_corners=False
+        )[0]
+        .round()
+        .clamp(0, 255)
+    )
     torch.testing.assert_close(out[0], _normalise(resized[:, :, 5:15]), atol=1e-6, rtol=0)
     # the middle of a 0..255 ramp: columns 10..29 of the original, so 255*10/39 .. 255*29/39
     pixels = out[0, 0] * CLIP_STD[0] + CLIP_MEAN[0]
@@ -276,3 +286,14 @@ def test_parity_with_hf_processor_on_smooth_image():
     # Loose on purpose: HF resizes with PIL's bicubic, we use torch's antialiased bicubic;
     # the two kernels differ slightly (about 1-4 grey levels here). A later issue tightens it.
     assert (ours - hf.float()).abs().max().item() < 0.1
+
+
+@pytest.mark.parametrize("hw", [(302, 453), (453, 302), (49, 60), (333, 500), (64, 64)])
+@pytest.mark.parametrize("size", [32, 336])
+def test_resize_shape_matches_transformers(hw: tuple[int, int], size: int) -> None:
+    from transformers.image_transforms import get_resize_output_image_size
+
+    pre = ImagePreprocessor(size, [0.5] * 3, [0.5] * 3, pad_to_square=False)
+    expected = get_resize_output_image_size(np.zeros((*hw, 3)), size, default_to_square=False)
+    assert pre.resize_shape(*hw) == tuple(expected)
+    assert pre([torch.zeros((3, *hw), dtype=torch.uint8)]).shape == (1, 3, size, size)

@@ -95,9 +95,7 @@ def test_dpo_is_log2_when_policy_equals_reference(beta, label_smoothing):
 def test_dpo_label_smoothing_hand_values():
     eps = 0.2
     out = SigmoidDPOLoss(beta=0.1, label_smoothing=eps)(*_batch())
-    expected = [
-        -(1 - eps) * math.log(_sigmoid(h)) - eps * math.log(_sigmoid(-h)) for h in H
-    ]
+    expected = [-(1 - eps) * math.log(_sigmoid(h)) - eps * math.log(_sigmoid(-h)) for h in H]
     assert out.losses.tolist() == pytest.approx(expected, abs=1e-6)
     assert out.loss.item() == pytest.approx(sum(expected) / 3, abs=1e-6)
     # label smoothing does not change the rewards

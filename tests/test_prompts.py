@@ -47,8 +47,10 @@ def test_load_first_human_turn(tmp_path):
         _row(12345, image="gqa/images/2354786.jpg", question="  Is the sky blue?\n<image>  "),
         {
             "id": "sharegpt-1",
-            "conversations": [{"from": "human", "value": "Write a poem."},
-                              {"from": "gpt", "value": "..."}],
+            "conversations": [
+                {"from": "human", "value": "Write a poem."},
+                {"from": "gpt", "value": "..."},
+            ],
         },
         _row("ocr-7", image="ocr_vqa/images/1.jpg", question="What is the title?<image>"),
     ]
@@ -59,8 +61,11 @@ def test_load_first_human_turn(tmp_path):
     source = load_llava_prompts(_write(tmp_path / "mix.json", rows))
     assert source.skipped_text_only == 1
     assert source.prompts == [
-        Prompt("000000033471", "coco/train2017/000000033471.jpg",
-               "What are the colors of the bus in the image?"),
+        Prompt(
+            "000000033471",
+            "coco/train2017/000000033471.jpg",
+            "What are the colors of the bus in the image?",
+        ),
         Prompt("12345", "gqa/images/2354786.jpg", "Is the sky blue?"),
         Prompt("ocr-7", "ocr_vqa/images/1.jpg", "What is the title?"),
     ]
@@ -88,7 +93,9 @@ _BROKEN_ROWS = {
         "conversations": [{"from": "gpt", "value": "<image>\nhello"}],
     },
     "first turn without value": {
-        "id": "bad-id", "image": "a.jpg", "conversations": [{"from": "human"}],
+        "id": "bad-id",
+        "image": "a.jpg",
+        "conversations": [{"from": "human"}],
     },
     "empty question": _row("bad-id", question="<image>\n   "),
 }
@@ -257,3 +264,12 @@ def test_sample_seed():
     assert sample_seed(1, 0, 0) != sample_seed(0, 0, 1)
     # usable as a torch seed
     torch.Generator().manual_seed(max(seeds))
+
+
+@pytest.mark.parametrize("image", [None, "", ["a.png", "b.png"]])
+def test_non_path_image_field_is_rejected_with_row(tmp_path: Path, image) -> None:
+    path = tmp_path / "mix.json"
+    row = {"id": "bad", "image": image, "conversations": [{"from": "human", "value": "q"}]}
+    path.write_text(json.dumps([row]))
+    with pytest.raises(ValueError, match=r"row 0 \(id 'bad'\).*'image' must be a path"):
+        load_llava_prompts(path)

@@ -48,18 +48,18 @@ class DiffusionNoise(nn.Module):
         self.noise_scale = (1.0 - sqrt_abar**2) ** 0.5
 
     def sample_noise(self, like: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Draw one standard-normal tensor per image from its own seed (replayable)."""
+        """Draw one standard-normal tensor per image from its own seed (replayable).
+
+        Drawn by a CPU generator whatever the images' device: CUDA generators give other streams
+        for the same seed, and a record must rebuild the same noise anywhere.
+        """
         if len(seeds) != like.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for a batch of {like.shape[0]} images")
-        noise = []
-        for seed in seeds:
-            generator = torch.Generator(device=like.device).manual_seed(int(seed))
-            noise.append(
-                torch.randn(
-                    like.shape[1:], generator=generator, device=like.device, dtype=torch.float32
-                )
-            )
-        return torch.stack(noise).to(like.dtype)
+        noise = [
+            torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(int(seed)))
+            for seed in seeds
+        ]
+        return torch.stack(noise).to(device=like.device, dtype=like.dtype)
 
     def apply(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.signal_scale * images + self.noise_scale * noise

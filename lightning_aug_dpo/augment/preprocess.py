@@ -70,10 +70,14 @@ class ImagePreprocessor(nn.Module):
         canvas[:, top : top + h, left : left + w] = image
         return canvas
 
+    def resize_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Shortest edge to ``size``; long edge ``int(size * long / short)``, as transformers."""
+        new_long = int(self.size * max(h, w) / min(h, w))
+        return (self.size, new_long) if h <= w else (new_long, self.size)
+
     def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
         _, h, w = image.shape
-        scale = self.size / min(h, w)
-        new_h, new_w = max(self.size, int(h * scale)), max(self.size, int(w * scale))
+        new_h, new_w = self.resize_shape(h, w)
         if (new_h, new_w) != (h, w):
             image = F.interpolate(
                 image[None].float(),

@@ -74,6 +74,8 @@ def load_llava_prompts(path: str | Path) -> PromptSource:
         if "image" not in row:
             skipped += 1
             continue
+        if not isinstance(row["image"], str) or not row["image"]:
+            raise _row_error(path, index, row_id, f"'image' must be a path, got {row['image']!r}")
         turns = row.get("conversations")
         if not isinstance(turns, list) or not turns:
             raise _row_error(path, index, row_id, "missing or empty 'conversations'")
@@ -109,6 +111,11 @@ def load_jsonl_prompts(path: str | Path) -> PromptSource:
                 f"got {line[:80]!r}"
             )
         row_id = str(row.get("id", row.get("question_id", line_no)))
+        if not isinstance(row["image"], str) or not row["image"]:
+            raise ValueError(
+                f"{path}: line {line_no} (id {row_id!r}): 'image' must be a path, "
+                f"got {row['image']!r}"
+            )
         question = clean_question(str(row["text"]))
         if not question:
             raise ValueError(f"{path}: line {line_no} (id {row_id!r}): empty 'text'")
