@@ -78,6 +78,8 @@ class AugDPOModule(pl.LightningModule):
         gradient_checkpointing: trade compute for activation memory in the policy forward.
         pad_to_square: LLaVA-1.5's mean-colour padding before resizing.
         max_length: prompt + response tokens kept for DPO; longer responses are truncated.
+        adapter_path: start from a saved PEFT adapter (trainable) instead of a fresh one, e.g.
+            to continue a run or to evaluate a trained adapter; LoRA settings then come from it.
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -97,6 +99,7 @@ class AugDPOModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         pad_to_square: bool = True,
         max_length: int = 2048,
+        adapter_path: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -225,7 +228,7 @@ class AugDPOModule(pl.LightningModule):
         """Load processor and base, freeze the base, attach LoRA. Idempotent."""
         if self.model is not None:
             return
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
         self.processor = self.load_processor()
         base = self.load_model()
@@ -236,15 +239,19 @@ class AugDPOModule(pl.LightningModule):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
             base.enable_input_require_grads()
-        lora = LoraConfig(
-            r=self.hparams.lora_r,
-            lora_alpha=self.hparams.lora_alpha,
-            lora_dropout=self.hparams.lora_dropout,
-            target_modules=self.lora_target_regex(),
-            modules_to_save=self.hparams.modules_to_save,
-            bias="none",
-        )
-        self.model = get_peft_model(base, lora)
+        if self.hparams.adapter_path:
+            path = self.hparams.adapter_path
+            self.model = PeftModel.from_pretrained(base, path, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=self.hparams.lora_r,
+                lora_alpha=self.hparams.lora_alpha,
+                lora_dropout=self.hparams.lora_dropout,
+                target_modules=self.lora_target_regex(),
+                modules_to_save=self.hparams.modules_to_save,
+                bias="none",
+            )
+            self.model = get_peft_model(base, lora)
         self.preprocessor = self.image_preprocessor()
 
     def reference_context(self) -> AbstractContextManager:

@@ -205,3 +205,18 @@ def test_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
     module = LlavaDPOModule(model_name_or_path=str(tmp_path / "nope"))
     with pytest.raises(OSError, match="nope"):
         module.configure_model()
+
+
+def test_adapter_path_restores_the_trained_policy(make_module, tmp_path) -> None:
+    module = make_module()
+    batch = make_batch(module, QUESTIONS, CHOSEN, REJECTED)
+    train_steps(module, batch, steps=3)
+    module.save_adapter(tmp_path / "adapter")
+    restored = make_module(adapter_path=str(tmp_path / "adapter"))
+    module.model.eval()
+    restored.model.eval()
+    with torch.no_grad():
+        expected = module.sequence_logps(batch)["chosen"]
+        got = restored.sequence_logps(batch)["chosen"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert any(p.requires_grad for p in restored.parameters())  # trainable: a run can go on

@@ -1,0 +1,51 @@
+"""CUDA-only checks (marker ``gpu``; skipped without a device): QLoRA on the GPU, bf16 fit."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_batch
+
+pytestmark = pytest.mark.gpu
+
+
+def test_qlora_step_zero_is_ln2_on_cuda(make_module) -> None:
+    import bitsandbytes as bnb
+
+    module = make_module(load_in_4bit=True, torch_dtype="bfloat16").cuda()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in module.model.modules())
+    batch = make_batch(module, ["What color?", "How many?"], ["red", "two"], ["blue", "one"])
+    loss, _ = module.preference_step(batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_diffusion_replay_on_cuda_matches_cpu() -> None:
+    from lightning_aug_dpo import DiffusionNoise
+
+    x = torch.randn(2, 3, 32, 32)
+    aug = DiffusionNoise(800)
+    torch.testing.assert_close(aug(x.cuda(), [1, 2]).cpu(), aug(x, [1, 2]), rtol=0, atol=1e-5)
+
+
+def test_fit_bf16_on_cuda(demo_assets, tmp_path: Path, monkeypatch) -> None:
+    from lightning_aug_dpo.cli import cli_main
+
+    (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.accelerator=gpu",
+            "--trainer.precision=bf16-mixed",
+            "--trainer.max_epochs=1",
+            "--data.init_args.num_prompts=16",
+            "--model.init_args.load_in_4bit=true",
+        ]
+    )
+    assert (Path(cli.trainer.log_dir) / "adapter" / "adapter_model.safetensors").is_file()
