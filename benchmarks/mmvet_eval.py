@@ -19,15 +19,6 @@ from pathlib import Path
 import torch
 
 from lightning_aug_dpo import LlavaDPOModule, MMVetEvalCallback
-from lightning_aug_dpo.eval import (
-    RuleJudge,
-    grade_mmvet,
-    grade_scores,
-    load_mmvet,
-    score_mmvet,
-    write_answers,
-    write_grades,
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,24 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     module = LlavaDPOModule(model_name_or_path=args.model, adapter_path=args.adapter)
     module.configure_model()
     module.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    answerer = MMVetEvalCallback(
+    evaluator = MMVetEvalCallback(
         data_path=args.benchmark,
         image_folder=args.images,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         limit=args.limit,
     )
-    answers = answerer.answer(module)
-    items = {qid: item for qid, item in load_mmvet(args.benchmark).items() if qid in answers}
-    judge = RuleJudge()
-    grades = grade_mmvet(judge, items, answers)
-    scores = score_mmvet(grade_scores(grades), {q: i.capabilities for q, i in items.items()})
-
     out, tag = Path(args.out), args.tag or ("adapter" if args.adapter else "base")
-    write_answers(out / f"{tag}.json", answers)
-    write_grades(out / f"{tag}_{judge.name}-grade-1runs.json", grades)
+    scores = evaluator.run(module, out, tag)
+    judge = evaluator.judge.name
     metrics = {
-        "judge": judge.name,
+        "judge": judge,
         "model": args.model,
         "adapter": args.adapter,
         **scores.as_metrics("mmvet"),

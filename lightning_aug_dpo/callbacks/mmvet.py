@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_aug_dpo.data.prompts import decode_image
 from lightning_aug_dpo.eval import (
     Judge,
+    MMVetScores,
     RuleJudge,
     grade_mmvet,
     grade_scores,
@@ -94,21 +95,24 @@ class MMVetEvalCallback(Callback):
         return answers
 
     @torch.no_grad()
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        items = load_mmvet(self.data_path)
+    def run(self, pl_module: pl.LightningModule, out_dir: Path | None, stem: str) -> MMVetScores:
+        """Answer, grade and score; write answers and grades under ``out_dir`` (if given)."""
         answers = self.answer(pl_module)
-        items = {qid: items[qid] for qid in answers}
+        items = {qid: item for qid, item in load_mmvet(self.data_path).items() if qid in answers}
         grades = grade_mmvet(self.judge, items, answers)
         scores = score_mmvet(grade_scores(grades), {q: i.capabilities for q, i in items.items()})
-        if trainer.is_global_zero:
-            out = run_dir(trainer) / "mmvet"
-            stem = f"{self.model_tag}_epoch{trainer.current_epoch}"
-            write_answers(out / f"{stem}.json", answers)
-            write_grades(out / f"{stem}_{self.judge.name}-grade-1runs.json", grades)
-            rank_zero_info(
-                f"MM-Vet ({self.data_path.name}, judge {self.judge.name}):\n"
-                f"{scores.format_table(combinations=False)}"
-            )
+        if out_dir is not None:
+            write_answers(out_dir / f"{stem}.json", answers)
+            write_grades(out_dir / f"{stem}_{self.judge.name}-grade-1runs.json", grades)
+        return scores
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        out = run_dir(trainer) / "mmvet" if trainer.is_global_zero else None
+        scores = self.run(pl_module, out, f"{self.model_tag}_epoch{trainer.current_epoch}")
+        rank_zero_info(
+            f"MM-Vet ({self.data_path.name}, judge {self.judge.name}):\n"
+            f"{scores.format_table(combinations=False)}"
+        )
         return scores.as_metrics("mmvet")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
