@@ -32,7 +32,7 @@ from lightning_aug_dpo.losses import (
 from lightning_aug_dpo.metrics import PreferenceMetrics, preference_values
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
-from lightning_aug_dpo.types import PairStats, PreferenceBatch
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, Rollout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -252,6 +252,11 @@ class AugDPOModule(pl.LightningModule):
                 bias="none",
             )
             self.model = get_peft_model(base, lora)
+        # Trainable tensors (LoRA, modules_to_save copies) in float32: with a bf16 base and
+        # bf16-mixed there is no fp32 master copy, and lr-2e-6 updates would round away.
+        for param in self.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
         self.preprocessor = self.image_preprocessor()
 
     def reference_context(self) -> AbstractContextManager:
@@ -268,18 +273,19 @@ class AugDPOModule(pl.LightningModule):
         return [self.expand_image_tokens(self.format_prompt(q)) for q in questions]
 
     @torch.no_grad()
-    def generate(
+    def rollout(
         self,
         pixel_values: torch.Tensor,
         questions: list[str],
         max_new_tokens: int = 64,
         use_reference: bool = True,
-    ) -> list[str]:
+    ) -> list[Rollout]:
         """Greedy answers to ``questions`` about ``pixel_values`` (normalised, on device).
 
         ``use_reference`` generates with adapters disabled (the initial model, as SeVa's offline
         pairs); otherwise with the current policy. ``no_grad`` rather than ``inference_mode``: the
-        outputs are trained on later.
+        outputs are trained on later. ``Rollout.finished`` tells whether the model emitted EOS
+        (a cut-off answer must not be taught to end there).
         """
         if not questions:
             return []
@@ -296,27 +302,59 @@ class AugDPOModule(pl.LightningModule):
             )
         new_tokens = out[:, enc.input_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        finished = (new_tokens == self.tokenizer.eos_token_id).any(-1).tolist()
+        return [Rollout(t.strip(), f) for t, f in zip(texts, finished, strict=True)]
+
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        questions: list[str],
+        max_new_tokens: int = 64,
+        use_reference: bool = True,
+    ) -> list[str]:
+        """The answer texts of :meth:`rollout`."""
+        rollouts = self.rollout(pixel_values, questions, max_new_tokens, use_reference)
+        return [r.text for r in rollouts]
 
     def tokenize_pairs(
-        self, questions: list[str], chosen: list[str], rejected: list[str]
+        self,
+        questions: list[str],
+        chosen: list[str],
+        rejected: list[str],
+        chosen_finished: list[bool] | None = None,
+        rejected_finished: list[bool] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Token tensors of :class:`PreferenceBatch` (right-padded, on this module's device)."""
-        tok, max_len = self.tokenizer, self.hparams.max_length
-        prompts = [tok(p).input_ids for p in self.prompt_texts(questions)]
+        """Token tensors of :class:`PreferenceBatch` (right-padded, on this module's device).
 
-        def responses(texts: list[str]) -> list[list[int]]:
+        A response is tokenised together with its prompt and split at the prompt's length (as
+        TRL does), so SentencePiece tokenizers see the same word boundaries as in generation.
+        EOS is appended to finished answers only (default: all finished, e.g. offline pairs).
+        """
+        tok, max_len = self.tokenizer, self.hparams.max_length
+        prompt_texts = self.prompt_texts(questions)
+        prompts = [tok(p).input_ids for p in prompt_texts]
+
+        def responses(texts: list[str], finished: list[bool] | None) -> list[list[int]]:
+            finished = finished if finished is not None else [True] * len(texts)
             rows = []
-            for prompt, text in zip(prompts, texts, strict=True):
-                ids = tok(self.format_response(text), add_special_tokens=False).input_ids
-                rows.append([*ids, tok.eos_token_id][: max(1, max_len - len(prompt))])
+            for prompt_text, prompt, text, done in zip(
+                prompt_texts, prompts, texts, finished, strict=True
+            ):
+                response = self.format_response(text)
+                full = tok(prompt_text + response).input_ids
+                if full[: len(prompt)] == prompt:
+                    ids = full[len(prompt) :]
+                else:  # a merge across the boundary: fall back to the response on its own
+                    ids = tok(response, add_special_tokens=False).input_ids
+                ids = [*ids, tok.eos_token_id] if done else ids
+                rows.append(ids[: max(1, max_len - len(prompt))])
             return rows
 
         out = {}
         for name, rows in (
             ("prompt", prompts),
-            ("chosen", responses(chosen)),
-            ("rejected", responses(rejected)),
+            ("chosen", responses(chosen, chosen_finished)),
+            ("rejected", responses(rejected, rejected_finished)),
         ):
             ids, mask = _right_pad(rows, tok.pad_token_id)
             out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = ids, mask
@@ -433,6 +471,18 @@ class AugDPOModule(pl.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is non-strict (the frozen base is not saved), so check the trainable part here.
+        self.configure_model()
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} trainable tensors of this model, e.g. "
+                f"{missing[:3]}; it was saved with other LoRA settings (lora_r, "
+                "lora_target_modules, modules_to_save): resume with the same model config"
+            )
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -54,6 +54,14 @@ class PreferenceBatch:
         return int(self.prompt_input_ids.shape[0])
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """One generated answer; ``finished`` is False when ``max_new_tokens`` cut it off."""
+
+    text: str
+    finished: bool
+
+
 @dataclass
 class PairStats:
     """Counts of one pair-making step, carried in ``PreferenceBatch.meta['stats']``."""

@@ -220,3 +220,76 @@ def test_adapter_path_restores_the_trained_policy(make_module, tmp_path) -> None
         got = restored.sequence_logps(batch)["chosen"]
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert any(p.requires_grad for p in restored.parameters())  # trainable: a run can go on
+
+
+def test_trainable_tensors_are_float32_on_a_bf16_base(make_module) -> None:
+    module = make_module(torch_dtype="bfloat16", modules_to_save=["multi_modal_projector"])
+    trainable = {n: p.dtype for n, p in module.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}
+    frozen = {p.dtype for p in module.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+
+
+def test_unfinished_answers_get_no_eos_and_tokens_match_joint_tokenisation(make_module) -> None:
+    module = make_module()
+    tok = module.tokenizer
+    out = module.tokenize_pairs(
+        ["Q?", "Q?"],
+        ["red circle", "red circle"],
+        ["blue", "blue"],
+        chosen_finished=[True, False],
+        rejected_finished=[False, True],
+    )
+    chosen = [
+        ids[m.bool()].tolist()
+        for ids, m in zip(out["chosen_input_ids"], out["chosen_attention_mask"], strict=True)
+    ]
+    assert chosen[0] == [*chosen[1], tok.eos_token_id]
+    prompt = out["prompt_input_ids"][1][out["prompt_attention_mask"][1].bool()].tolist()
+    joint = tok(module.prompt_texts(["Q?"])[0] + " red circle").input_ids
+    assert prompt + chosen[1] == joint
+
+
+def test_sentencepiece_style_tokenizer_scores_generation_boundaries(make_module) -> None:
+    """With a Metaspace (SentencePiece-like) tokenizer too, prompt + response tokens are exactly
+    the tokens of the joint text, i.e. the word boundaries the model saw while generating."""
+    module = make_module()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        show_progress=False,
+    )
+    sp.train_from_iterator(
+        ["USER: what color is the circle? ASSISTANT: the circle is red"] * 8, trainer=trainer
+    )
+    module.processor.tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=sp,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tok = module.tokenizer
+    out = module.tokenize_pairs(["what color is the circle?"], ["the circle is red"], ["red"])
+    prompt = out["prompt_input_ids"][0][out["prompt_attention_mask"][0].bool()].tolist()
+    chosen = out["chosen_input_ids"][0][out["chosen_attention_mask"][0].bool()].tolist()
+    joint = tok(module.prompt_texts(["what color is the circle?"])[0] + " the circle is red")
+    assert prompt + chosen[:-1] == joint.input_ids
+    assert chosen[-1] == tok.eos_token_id
+
+
+def test_resuming_with_other_lora_settings_fails_clearly(make_module) -> None:
+    saved = make_module(lora_r=8)
+    checkpoint = {"state_dict": saved.state_dict()}
+    saved.on_save_checkpoint(checkpoint)
+    other = make_module(lora_r=8, modules_to_save=["multi_modal_projector"])
+    with pytest.raises(ValueError, match=r"lacks \d+ trainable tensors"):
+        other.on_load_checkpoint(checkpoint)
+    saved.on_load_checkpoint(checkpoint)  # the same settings load

@@ -28,6 +28,14 @@ class AdapterCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             trainer.lightning_module.save_adapter(adapter_dir_for(filepath))
 
+    @staticmethod
+    def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
+        # save_last="link": last.ckpt links to the newest checkpoint; link its adapter as well.
+        ModelCheckpoint._link_checkpoint(trainer, filepath, linkpath)
+        ModelCheckpoint._link_checkpoint(
+            trainer, str(adapter_dir_for(filepath)), str(adapter_dir_for(linkpath))
+        )
+
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:

@@ -67,8 +67,10 @@ class MMVetEvalCallback(Callback):
 
     def _due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last
+        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+        last_epoch = max_epochs is not None and max_epochs > 0 and epoch >= max_epochs
+        last_step = max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps
+        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
 
     def answer(self, pl_module: pl.LightningModule) -> dict[str, str]:
         """The policy's greedy answers, keyed by question id."""

@@ -124,7 +124,7 @@ class AugPairDataModule(pl.LightningDataModule):
     def make_pairs(self, batch: PromptBatch, module: Any, epoch: int = 0) -> PreferenceBatch:
         """Rollouts on clean and augmented images of one prompt batch (see module docstring).
 
-        ``module`` is the :class:`AugDPOModule` whose ``preprocess_images``, ``generate`` and
+        ``module`` is the :class:`AugDPOModule` whose ``preprocess_images``, ``rollout`` and
         ``tokenize_pairs`` make the pairs; ``epoch`` enters the per-sample augmentation seeds.
         """
         clean = module.preprocess_images(batch.images)
@@ -133,13 +133,13 @@ class AugPairDataModule(pl.LightningDataModule):
 
         use_reference = self.hparams.rollout_model == "reference"
         new_tokens = self.hparams.max_new_tokens
-        chosen = module.generate(clean, batch.questions, new_tokens, use_reference)
-        rejected = module.generate(augmented, batch.questions, new_tokens, use_reference)
+        chosen = module.rollout(clean, batch.questions, new_tokens, use_reference)
+        rejected = module.rollout(augmented, batch.questions, new_tokens, use_reference)
 
         keep = [
             i
             for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
-            if not (self.hparams.drop_identical and c == r)
+            if not (self.hparams.drop_identical and c.text == r.text)
         ]
         stats = PairStats(prompts=len(batch), kept=len(keep), identical=len(batch) - len(keep))
         rows = [
@@ -147,14 +147,18 @@ class AugPairDataModule(pl.LightningDataModule):
                 "id": batch.ids[i],
                 "image": batch.image_paths[i],
                 "prompt": batch.questions[i],
-                "chosen": chosen[i],
-                "rejected": rejected[i],
+                "chosen": chosen[i].text,
+                "rejected": rejected[i].text,
                 "augmentation": self.augmentation.record(seeds[i]),
             }
             for i in keep
         ]
         tokens = module.tokenize_pairs(
-            [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+            [r["prompt"] for r in rows],
+            [r["chosen"] for r in rows],
+            [r["rejected"] for r in rows],
+            chosen_finished=[chosen[i].finished for i in keep],
+            rejected_finished=[rejected[i].finished for i in keep],
         )
         index = torch.tensor(keep, dtype=torch.long, device=clean.device)
         return PreferenceBatch(

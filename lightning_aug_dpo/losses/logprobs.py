@@ -57,9 +57,13 @@ def sequence_logprobs(
     both ``(B,)``; ``mean_logit`` is the mean over response positions and the vocabulary (TRL's
     ``logits/chosen`` statistic).
     """
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(logits.dtype)
+    # Only positions that predict a response token matter: skip the image and prompt positions
+    # shared by every row before up-casting, so the float32 copy is response-sized.
+    scored = loss_mask[:, 1:].any(0).nonzero()
+    start = int(scored[0]) if len(scored) else 0
+    logits = logits[:, start:-1].float()
+    targets = input_ids[:, start + 1 :]
+    mask = loss_mask[:, start + 1 :].to(logits.dtype)
     # gather(logit) - logsumexp avoids materialising a second (B, L, V) log-softmax tensor.
     token_logits = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1)
     token_logps = token_logits - torch.logsumexp(logits, dim=-1)
