@@ -433,8 +433,6 @@ class AugDPOModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch: PreferenceBatch, stage: str) -> None:
-        stats: PairStats = batch.meta["stats"]
-        self.val_metrics.update_counts(stats.prompts, stats.kept, stats.identical)
         if len(batch) == 0:
             return
         _, values = self.preference_step(batch)

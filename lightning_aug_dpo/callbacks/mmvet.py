@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_aug_dpo.data.prompts import decode_image
 from lightning_aug_dpo.eval import (
     Judge,
+    MMVetItem,
     MMVetScores,
     RuleJudge,
     grade_mmvet,
@@ -63,7 +64,6 @@ class MMVetEvalCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.limit = limit
         self.model_tag = model_tag
-        self.last_metrics: dict[str, float] = {}
 
     def _due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -72,10 +72,18 @@ class MMVetEvalCallback(Callback):
         last_step = max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps
         return epoch % self.every_n_epochs == 0 or last_epoch or last_step
 
-    def answer(self, pl_module: pl.LightningModule) -> dict[str, str]:
-        """The policy's greedy answers, keyed by question id."""
+    def questions(self) -> dict[str, MMVetItem]:
+        """The benchmark rows to answer (the first ``limit`` when set), read once per run."""
         items = load_mmvet(self.data_path)
         ids = list(items)[: self.limit] if self.limit else list(items)
+        return {qid: items[qid] for qid in ids}
+
+    def answer(
+        self, pl_module: pl.LightningModule, items: dict[str, MMVetItem] | None = None
+    ) -> dict[str, str]:
+        """The policy's greedy answers, keyed by question id."""
+        items = items if items is not None else self.questions()
+        ids = list(items)
         answers: dict[str, str] = {}
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start : start + self.batch_size]
@@ -99,8 +107,8 @@ class MMVetEvalCallback(Callback):
     @torch.no_grad()
     def run(self, pl_module: pl.LightningModule, out_dir: Path | None, stem: str) -> MMVetScores:
         """Answer, grade and score; write answers and grades under ``out_dir`` (if given)."""
-        answers = self.answer(pl_module)
-        items = {qid: item for qid, item in load_mmvet(self.data_path).items() if qid in answers}
+        items = self.questions()
+        answers = self.answer(pl_module, items)
         grades = grade_mmvet(self.judge, items, answers)
         scores = score_mmvet(grade_scores(grades), {q: i.capabilities for q, i in items.items()})
         if out_dir is not None:
@@ -120,6 +128,5 @@ class MMVetEvalCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._due(trainer):
             return
-        self.last_metrics = self.evaluate(trainer, pl_module)
-        for name, value in self.last_metrics.items():
+        for name, value in self.evaluate(trainer, pl_module).items():
             pl_module.log(name, value, on_step=False, on_epoch=True, rank_zero_only=True)
