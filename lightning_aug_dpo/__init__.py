@@ -5,7 +5,15 @@ device-augmented image (rejected); DPO on those pairs, with a LoRA-adapted polic
 frozen (optionally 4-bit) base, makes the model more robust. No human or GPT-4 labels.
 """
 
-from lightning_aug_dpo.augment import DiffusionNoise, ImagePreprocessor
+from lightning_aug_dpo.augment import (
+    AdaptiveStrength,
+    Augmentation,
+    DiffusionNoise,
+    ImagePreprocessor,
+    KorniaAugmentation,
+    Preset,
+    replay,
+)
 from lightning_aug_dpo.callbacks import (
     AdapterCheckpoint,
     MMVetEvalCallback,
@@ -22,6 +30,11 @@ from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveStrength",
+    "Augmentation",
+    "KorniaAugmentation",
+    "Preset",
+    "replay",
     "AdapterCheckpoint",
     "AugDPOModule",
     "AugPairDataModule",

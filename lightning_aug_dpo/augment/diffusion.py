@@ -13,11 +13,11 @@ per-sample seed so that any augmented image can be rebuilt from its record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+
+from lightning_aug_dpo.augment.base import Augmentation, Space
 
 
 def diffusion_schedule(num_steps: int = 1000) -> torch.Tensor:
@@ -27,50 +27,102 @@ def diffusion_schedule(num_steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0).sqrt()
 
 
-class DiffusionNoise(nn.Module):
-    """Forward-diffuse normalised ``(B, 3, H, W)`` images to step ``noise_step``.
+class DiffusionNoise(Augmentation):
+    """Forward-diffuse images to step ``noise_step`` (SeVa/VCD).
 
     Args:
-        noise_step: diffusion step t in [0, num_steps); SeVa uses 500 or 800.
+        noise_step: diffusion step t in [0, num_steps); SeVa uses 500 or 800. A pair ``[lo, hi]``
+            draws t uniformly per image (inclusive).
         num_steps: length of the schedule (VCD: 1000).
+        space: ``normalized`` (SeVa: noise on the CLIP-normalised tensor) or ``pixel`` (noise on
+            the [-1, 1]-scaled RGB image, as DDPM, clamped back to a valid image).
+
+    ``strength`` is ``t / num_steps`` (t = 500 is strength 0.5, SeVa's t = 800 is 0.8); setting it
+    moves ``noise_step`` (a range keeps its width).
     """
 
-    name = "diffusion"
-
-    def __init__(self, noise_step: int = 500, num_steps: int = 1000) -> None:
+    def __init__(
+        self,
+        noise_step: int | tuple[int, int] = 500,
+        num_steps: int = 1000,
+        space: Space = "normalized",
+    ) -> None:
         super().__init__()
-        if not 0 <= noise_step < num_steps:
-            raise ValueError(f"noise_step must be in [0, {num_steps}), got {noise_step}")
-        self.noise_step = noise_step
+        if space not in ("normalized", "pixel"):
+            raise ValueError(f"space must be 'normalized' or 'pixel', got {space!r}")
         self.num_steps = num_steps
-        sqrt_abar = float(diffusion_schedule(num_steps)[noise_step])
-        self.signal_scale = sqrt_abar
-        self.noise_scale = (1.0 - sqrt_abar**2) ** 0.5
+        self.space = space
+        self.register_buffer("sqrt_abar", diffusion_schedule(num_steps), persistent=False)
+        self.noise_step = noise_step
 
-    def sample_noise(self, like: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Draw one standard-normal tensor per image from its own seed (replayable).
+    @property
+    def noise_step(self) -> int | tuple[int, int]:
+        return self._noise_step
 
-        Drawn by a CPU generator whatever the images' device: CUDA generators give other streams
-        for the same seed, and a record must rebuild the same noise anywhere.
-        """
-        if len(seeds) != like.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {like.shape[0]} images")
-        noise = [
-            torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(int(seed)))
-            for seed in seeds
-        ]
-        return torch.stack(noise).to(device=like.device, dtype=like.dtype)
+    @noise_step.setter
+    def noise_step(self, value: int | tuple[int, int] | list[int]) -> None:
+        steps = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+        if len(steps) != 2 or not 0 <= steps[0] <= steps[1] < self.num_steps:
+            raise ValueError(
+                f"noise_step must be an int or a range [lo, hi] within [0, {self.num_steps}), "
+                f"got {value}"
+            )
+        self._noise_step = steps[0] if steps[0] == steps[1] else steps
 
-    def apply(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.signal_scale * images + self.noise_scale * noise
+    @property
+    def step_range(self) -> tuple[int, int]:
+        step = self.noise_step
+        return (step, step) if isinstance(step, int) else step
 
-    def forward(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        return self.apply(images, self.sample_noise(images, seeds))
+    @property
+    def signal_scale(self) -> float:
+        return float(self.sqrt_abar[self.step_range[0]])
 
-    def record(self, seed: int) -> dict[str, Any]:
-        """What is needed to rebuild one augmented image: written to pair metadata."""
-        return {"name": self.name, "noise_step": self.noise_step, "seed": int(seed)}
+    @property
+    def noise_scale(self) -> float:
+        return (1.0 - self.signal_scale**2) ** 0.5
+
+    @property
+    def strength(self) -> float:
+        lo, hi = self.step_range
+        return (lo + hi) / 2 / self.num_steps
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {value}")
+        lo, hi = self.step_range
+        half = (hi - lo) / 2
+        centre = min(max(value * self.num_steps, half), self.num_steps - 1 - half)
+        lo, hi = round(centre - half), round(centre + half)
+        self.noise_step = lo if lo == hi else (lo, hi)
+
+    def config(self) -> dict[str, Any]:
+        step = self.noise_step
+        return {
+            "preset": "diffusion",
+            "noise_step": step if isinstance(step, int) else list(step),
+            "num_steps": self.num_steps,
+        }
+
+    def sample(self, shape: torch.Size, seed: int) -> dict[str, Any]:
+        # Called under a seeded CPU generator (Augmentation.augment_one). A fixed step draws the
+        # noise first, so a seed gives the same noise whatever the range.
+        lo, hi = self.step_range
+        step = lo if lo == hi else int(torch.randint(lo, hi + 1, ()))
+        return {"noise_step": step, "noise": torch.randn(shape)}
+
+    def record_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"noise_step": params["noise_step"]}  # the noise itself comes back from the seed
+
+    def apply(self, image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        signal = float(self.sqrt_abar[params["noise_step"]])
+        noise_scale = (1.0 - signal**2) ** 0.5
+        noise = params["noise"].to(device=image.device, dtype=image.dtype)
+        if self.space == "pixel":
+            x0 = image * 2 - 1
+            return ((signal * x0 + noise_scale * noise) + 1) / 2
+        return signal * image + noise_scale * noise
 
     def extra_repr(self) -> str:
-        signal, noise = self.signal_scale, self.noise_scale
-        return f"noise_step={self.noise_step}, signal={signal:.3f}, noise={noise:.3f}"
+        return f"noise_step={self.noise_step}, space={self.space}"
