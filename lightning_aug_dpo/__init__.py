@@ -17,6 +17,7 @@ from lightning_aug_dpo.augment import (
 from lightning_aug_dpo.callbacks import (
     AdapterCheckpoint,
     MMVetEvalCallback,
+    PairGalleryCallback,
     PairsWriter,
     RunSummary,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "ImagePreprocessor",
     "LlavaDPOModule",
     "MMVetEvalCallback",
+    "PairGalleryCallback",
     "PairStats",
     "PairsWriter",
     "PreferenceBatch",

@@ -3,6 +3,7 @@
     lightning-aug-dpo fit --config configs/demo.yaml
     lightning-aug-dpo fit --config configs/seva_llava15_7b.yaml --print_config
     lightning-aug-dpo predict --config configs/demo.yaml   # offline pairs (PairsWriter)
+    lightning-aug-dpo preview --preset moco --images a.jpg b.png   # a preset's augmentations
 
 ``model`` and ``data`` take a ``class_path``, so a new VLM or prompt source is a subclass named in
 YAML: no registry.
@@ -11,6 +12,7 @@ YAML: no registry.
 from __future__ import annotations
 
 import os
+import sys
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -37,6 +39,21 @@ def cli_main(args: list[str] | None = None) -> AugDPOCLI:
     )
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli_main()
+def preview_main(args: list[str]) -> None:
+    """``lightning-aug-dpo preview ...``: a plain function CLI, no Trainer (see ``preview.py``)."""
+    from jsonargparse import auto_cli
+
+    from lightning_aug_dpo.preview import preview
+
+    path = auto_cli(preview, args=args)
+    print(f"wrote {path}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (``args=None`` reads ``sys.argv``)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    # LightningCLI's subcommands are fixed (fit, validate, ...): route ours before it parses.
+    if argv and argv[0] == "preview":
+        preview_main(argv[1:])
+        return
+    cli_main(args)

@@ -416,6 +416,9 @@ class AugDPOModule(pl.LightningModule):
         counts = self.train_metrics.update_counts(stats.prompts, stats.kept, stats.identical)
         for name, value in counts.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        strength = batch.meta.get("augment_strength")
+        if strength is not None:  # the same on every rank (adaptive strength syncs its counts)
+            self.log("train/augment/strength", float(strength), on_step=True, on_epoch=False)
         if len(batch) == 0:  # every pair was identical: nothing to learn from
             return None
         loss, values = self.preference_step(batch)

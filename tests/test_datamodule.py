@@ -6,21 +6,15 @@ from pathlib import Path
 
 import torch
 from conftest import random_images
-from torch import nn
 
-from lightning_aug_dpo import AugPairDataModule, DiffusionNoise
+from lightning_aug_dpo import AugPairDataModule, DiffusionNoise, Preset, replay
 from lightning_aug_dpo.data import sample_seed
 from lightning_aug_dpo.types import PromptBatch
 
 
-class NoAugmentation(nn.Module):
-    """Returns the image unchanged: every pair is identical under greedy decoding."""
-
-    def forward(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        return images.clone()
-
-    def record(self, seed: int) -> dict:
-        return {"name": "identity", "seed": seed}
+def no_augmentation() -> Preset:
+    """Strength 0 hflip flips with p = 0: every pair is identical under greedy decoding."""
+    return Preset("hflip", strength=0.0)
 
 
 def prompt_batch(n: int) -> PromptBatch:
@@ -52,7 +46,7 @@ def test_make_pairs_builds_a_preference_batch(make_module, demo_assets) -> None:
     assert batch.pixel_values.shape == (stats.kept, 3, 64, 64)
     for row in batch.meta["rows"]:
         assert row["chosen"] != row["rejected"]
-        assert row["augmentation"]["name"] == "diffusion"
+        assert row["augmentation"]["preset"] == "diffusion"
         assert row["augmentation"]["noise_step"] == 800
         assert row["augmentation"]["seed"] == sample_seed(42, 0, int(row["id"][1:]))
     # the chosen answer is the reference model's greedy answer on the clean image
@@ -61,13 +55,17 @@ def test_make_pairs_builds_a_preference_batch(make_module, demo_assets) -> None:
     kept = [int(r["id"][1:]) for r in batch.meta["rows"]]
     assert [r["chosen"] for r in batch.meta["rows"]] == [expected[i] for i in kept]
     # the rejected image is reproducible from its record
-    aug = DiffusionNoise(800)(clean, [sample_seed(42, 0, i) for i in range(4)])
+    aug, _ = DiffusionNoise(800)(clean, [sample_seed(42, 0, i) for i in range(4)])
     assert torch.equal(batch.aug_pixel_values, aug[kept])
+    for row, clean_row, aug_row in zip(
+        batch.meta["rows"], batch.pixel_values, batch.aug_pixel_values, strict=True
+    ):
+        assert torch.equal(replay(row["augmentation"], clean_row), aug_row)
 
 
 def test_identical_pairs_are_dropped_and_counted(make_module, demo_assets) -> None:
     module = make_module()
-    dm = datamodule(demo_assets, augmentation=NoAugmentation())
+    dm = datamodule(demo_assets, augmentation=no_augmentation())
     batch = dm.make_pairs(prompt_batch(3), module)
     stats = batch.meta["stats"]
     assert (stats.prompts, stats.kept, stats.identical) == (3, 0, 3)
@@ -78,7 +76,7 @@ def test_identical_pairs_are_dropped_and_counted(make_module, demo_assets) -> No
 
 def test_keeping_identical_pairs_when_asked(make_module, demo_assets) -> None:
     module = make_module()
-    dm = datamodule(demo_assets, augmentation=NoAugmentation(), drop_identical=False)
+    dm = datamodule(demo_assets, augmentation=no_augmentation(), drop_identical=False)
     batch = dm.make_pairs(prompt_batch(3), module)
     assert len(batch) == 3 and batch.meta["stats"].identical == 0
 

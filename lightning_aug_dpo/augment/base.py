@@ -106,8 +106,9 @@ class Augmentation(nn.Module):
     # ------------------------------------------------------------------ shared machinery
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Install the model's normalisation (pixel-space augmentations undo and redo it)."""
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.mean.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.std.device).view(1, 3, 1, 1)
+        device = self.mean.device
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).to(device).clone().view(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).to(device).clone().view(1, 3, 1, 1)
 
     def full_config(self) -> dict[str, Any]:
         """:meth:`config` plus the space and, for pixel space, the normalisation used."""
@@ -133,7 +134,8 @@ class Augmentation(nn.Module):
         """One normalised ``(1, C, H, W)`` image -> (augmented normalised image, raw params)."""
         with seeded(seed):
             params = self.sample(image.shape[1:], seed)
-            out = self.apply(self._into_space(image), params)
+            # float32 whatever the model dtype: Kornia kernels and the records are float32
+            out = self.apply(self._into_space(image.float()), params)
         return self._out_of_space(out).to(image.dtype), params
 
     def forward(

@@ -26,6 +26,12 @@ def _size_from(processor_size: Any) -> int:
     return int(size["height"])
 
 
+def _bicubic(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIL-style bicubic (antialiased when shrinking) of ``(1, 3, H, W)`` 0-255 values, to uint8."""
+    out = F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255)
+
+
 class ImagePreprocessor(nn.Module):
     """``list[uint8 (3, H, W)] -> float (B, 3, size, size)``, normalised.
 
@@ -78,17 +84,15 @@ class ImagePreprocessor(nn.Module):
     def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
         _, h, w = image.shape
         new_h, new_w = self.resize_shape(h, w)
-        if (new_h, new_w) != (h, w):
-            image = F.interpolate(
-                image[None].float(),
-                size=(new_h, new_w),
-                mode="bicubic",
-                antialias=True,
-                align_corners=False,
-            )[0]
-            image = image.round().clamp(0, 255)  # PIL resamples to uint8
+        pixels = image[None].float()
+        # PIL resamples separably, width first, rounding to uint8 in between; doing the same keeps
+        # us within one grey level of Hugging Face's PIL processors (one pass overshoots at edges).
+        if new_w != w:
+            pixels = _bicubic(pixels, (h, new_w))
+        if new_h != h:
+            pixels = _bicubic(pixels, (new_h, new_w))
         top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
-        return image[:, top : top + self.size, left : left + self.size].float()
+        return pixels[0, :, top : top + self.size, left : left + self.size]
 
     def forward(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         out = []

@@ -1,8 +1,17 @@
-"""Lightning callbacks: benchmark evaluation, adapter checkpoints, pair export, run summary."""
+"""Lightning callbacks: benchmark evaluation, adapter checkpoints, pair export and gallery, run
+summary."""
 
 from lightning_aug_dpo.callbacks.adapter import AdapterCheckpoint, adapter_dir_for
+from lightning_aug_dpo.callbacks.gallery import PairGalleryCallback
 from lightning_aug_dpo.callbacks.mmvet import MMVetEvalCallback
 from lightning_aug_dpo.callbacks.pairs_writer import PairsWriter
 from lightning_aug_dpo.callbacks.summary import RunSummary
 
-__all__ = ["AdapterCheckpoint", "MMVetEvalCallback", "PairsWriter", "RunSummary", "adapter_dir_for"]
+__all__ = [
+    "AdapterCheckpoint",
+    "MMVetEvalCallback",
+    "PairGalleryCallback",
+    "PairsWriter",
+    "RunSummary",
+    "adapter_dir_for",
+]

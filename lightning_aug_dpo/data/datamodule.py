@@ -16,11 +16,18 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from jsonargparse import lazy_instance
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_aug_dpo.augment import DiffusionNoise
+from lightning_aug_dpo.augment import (
+    AdaptiveStrength,
+    Augmentation,
+    DiffusionNoise,
+    KorniaAugmentation,
+    Preset,
+)
 from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
@@ -50,8 +57,11 @@ class AugPairDataModule(pl.LightningDataModule):
         seed: seed of prompt sampling, shuffling and augmentation.
         batch_size: prompts per step (pairs per step is this minus dropped identical ones).
         num_workers: DataLoader worker processes decoding images.
-        augmentation: module making the rejected image from normalised ``(B, 3, H, W)`` input;
-            called as ``augmentation(images, seeds)`` and recorded with ``.record(seed)``.
+        augmentation: what makes the rejected image: an :class:`Augmentation` (``DiffusionNoise``,
+            ``Preset``, ``KorniaAugmentation``), a preset name (``moco``), or any Kornia
+            augmentation by ``class_path`` (wrapped in ``KorniaAugmentation``).
+        adaptive_strength: move the augmentation's ``strength`` to keep the identical-pair rate
+            in a band (default 0.2-0.5) during ``fit``/``predict``; ``null``: fixed strength.
         max_new_tokens: rollout length (SeVa: 512).
         rollout_model: ``reference`` (adapters off: the initial model, as in SeVa) or
             ``policy`` (the current policy: on-policy pairs).
@@ -67,14 +77,18 @@ class AugPairDataModule(pl.LightningDataModule):
         seed: int = 42,
         batch_size: int = 8,
         num_workers: int = 0,
-        augmentation: nn.Module = lazy_instance(DiffusionNoise, noise_step=500),
+        augmentation: Augmentation | nn.Module | str = lazy_instance(DiffusionNoise, noise_step=500),
+        adaptive_strength: AdaptiveStrength | None = None,
         max_new_tokens: int = 64,
         rollout_model: Literal["reference", "policy"] = "reference",
         drop_identical: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["augmentation"])
-        self.augmentation = augmentation
+        self.save_hyperparameters(ignore=["augmentation", "adaptive_strength"])
+        self.augmentation = as_augmentation(augmentation)
+        self.adaptive_strength = adaptive_strength
+        if adaptive_strength is not None:
+            self.augmentation.strength  # noqa: B018 - fails early for augmentations without one
         self.train_prompts: list[Prompt] = []
         self.val_prompts: list[Prompt] = []
         self.skipped_text_only = 0
@@ -117,19 +131,28 @@ class AugPairDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, PromptBatch):
-            return self.make_pairs(batch, self.trainer.lightning_module, self.trainer.current_epoch)
+            trainer = self.trainer
+            adapt = trainer.training or trainer.predicting
+            return self.make_pairs(batch, trainer.lightning_module, trainer.current_epoch, adapt)
         return batch
 
     @torch.no_grad()
-    def make_pairs(self, batch: PromptBatch, module: Any, epoch: int = 0) -> PreferenceBatch:
+    def make_pairs(
+        self, batch: PromptBatch, module: Any, epoch: int = 0, adapt: bool = False
+    ) -> PreferenceBatch:
         """Rollouts on clean and augmented images of one prompt batch (see module docstring).
 
         ``module`` is the :class:`AugDPOModule` whose ``preprocess_images``, ``rollout`` and
-        ``tokenize_pairs`` make the pairs; ``epoch`` enters the per-sample augmentation seeds.
+        ``tokenize_pairs`` make the pairs; ``epoch`` enters the per-sample augmentation seeds;
+        ``adapt`` lets ``adaptive_strength`` update the strength from this batch's pairs.
         """
         clean = module.preprocess_images(batch.images)
         seeds = [sample_seed(self.hparams.seed, epoch, i) for i in batch.indices]
-        augmented = self.augmentation.to(clean.device)(clean, seeds)
+        self.augmentation.to(clean.device)
+        preprocessor = module.preprocessor
+        self.augmentation.set_normalization(preprocessor.mean.flatten(), preprocessor.std.flatten())
+        strength = self._strength()
+        augmented, records = self.augmentation(clean, seeds)
 
         use_reference = self.hparams.rollout_model == "reference"
         new_tokens = self.hparams.max_new_tokens
@@ -149,10 +172,12 @@ class AugPairDataModule(pl.LightningDataModule):
                 "prompt": batch.questions[i],
                 "chosen": chosen[i].text,
                 "rejected": rejected[i].text,
-                "augmentation": self.augmentation.record(seeds[i]),
+                "augmentation": records[i],
             }
             for i in keep
         ]
+        if adapt and self.adaptive_strength is not None:
+            self._adapt(stats)
         tokens = module.tokenize_pairs(
             [r["prompt"] for r in rows],
             [r["chosen"] for r in rows],
@@ -164,6 +189,52 @@ class AugPairDataModule(pl.LightningDataModule):
         return PreferenceBatch(
             pixel_values=clean.index_select(0, index),
             aug_pixel_values=augmented.index_select(0, index),
-            meta={"stats": stats, "rows": rows},
+            meta={"stats": stats, "rows": rows, "augment_strength": strength},
             **tokens,
         )
+
+    # ------------------------------------------------------------------ strength control
+    def _strength(self) -> float | None:
+        try:
+            return float(self.augmentation.strength)
+        except TypeError:  # an augmentation without a strength knob
+            return None
+
+    def _adapt(self, stats: PairStats) -> None:
+        """Feed the controller this step's counts, summed over ranks so all ranks agree."""
+        counts = torch.tensor([stats.prompts, stats.identical], dtype=torch.long)
+        if dist.is_available() and dist.is_initialized():
+            counts = counts.to(self.trainer.strategy.root_device)
+            dist.all_reduce(counts)
+        prompts, identical = (int(c) for c in counts.tolist())
+        assert self.adaptive_strength is not None
+        current = float(self.augmentation.strength)
+        self.augmentation.strength = self.adaptive_strength.update(current, prompts, identical)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Checkpoints keep the adapted strength so that a resumed run continues where it was.
+        if self.adaptive_strength is None:
+            return {}
+        return {
+            "augment_strength": float(self.augmentation.strength),
+            "adaptive_strength": self.adaptive_strength.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.adaptive_strength is not None and "augment_strength" in state_dict:
+            self.augmentation.strength = state_dict["augment_strength"]
+            self.adaptive_strength.load_state_dict(state_dict["adaptive_strength"])
+
+
+def as_augmentation(augmentation: Augmentation | nn.Module | str) -> Augmentation:
+    """A preset name or a bare Kornia module -> an :class:`Augmentation`."""
+    if isinstance(augmentation, Augmentation):
+        return augmentation
+    if isinstance(augmentation, str):
+        return Preset(augmentation)  # type: ignore[arg-type]  # validated by Preset
+    if isinstance(augmentation, nn.Module):
+        return KorniaAugmentation(augmentation)
+    raise TypeError(
+        f"augmentation must be an Augmentation, a Kornia module or a preset name, got "
+        f"{type(augmentation).__name__}"
+    )
