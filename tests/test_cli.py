@@ -53,6 +53,22 @@ def test_every_config_parses(config: Path) -> None:
     assert "class_path: lightning_aug_dpo" in result.stdout
 
 
+OVERLAYS = sorted((CONFIGS[0].parent / "augment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_augmentation_overlays_compose_with_the_recipe(overlay: Path) -> None:
+    from lightning_aug_dpo import AugPairDataModule
+    from lightning_aug_dpo.augment import Augmentation
+
+    base = CONFIGS[0].parent / "seva_llava15_7b.yaml"
+    cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
+    cli = cli_main(["--config", str(base), "--config", str(overlay), *cpu], run=False)
+    assert isinstance(cli.datamodule, AugPairDataModule)
+    assert isinstance(cli.datamodule.augmentation, Augmentation)
+    assert cli.datamodule.hparams.data_path == "data/seva_prompts_16k.jsonl"  # base kept
+
+
 DEMO_ARGS = [
     "--config",
     str(CONFIGS[0].parent / "demo.yaml"),

@@ -31,9 +31,11 @@ CenterCrop 128 -> keep 20 %, RandomCrop 224 -> keep 35 %, blur sigma in 640 px u
 | gaussian_blur | sigma [0.1, 2] m (640 px units) |
 | randaugment | 2 ops at magnitude 9 m of 30 (torchvision's default 9) |
 | autoaugment | ImageNet policy, applied with p = m |
-| moco | RRC scale [1 - 0.8 m, 1] + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) m always + grayscale p = 0.2 m + blur sigma [0.1, 2] m always |
+| moco | RRC scale [1 - 0.8 m, 1] + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) m always |
+|      | + grayscale p = 0.2 m + blur sigma [0.1, 2] m (224 px units) always |
 | byol | moco with RRC scale [1 - 0.92 m, 1] |
-| simclr | RRC scale [1 - 0.8 m, 1] + flip + ColorJitter(0.4, 0.4, 0.4, 0.4) m always + grayscale p = 0.2 m |
+| simclr | RRC scale [1 - 0.8 m, 1] + flip + ColorJitter(0.4, 0.4, 0.4, 0.4) m always |
+|        | + grayscale p = 0.2 m (no blur) |
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class AugPairDataModule(pl.LightningDataModule):
         seed: int = 42,
         batch_size: int = 8,
         num_workers: int = 0,
-        augmentation: Augmentation | nn.Module | str = lazy_instance(DiffusionNoise, noise_step=500),
+        augmentation: Augmentation | nn.Module | str = lazy_instance(DiffusionNoise),
         adaptive_strength: AdaptiveStrength | None = None,
         max_new_tokens: int = 64,
         rollout_model: Literal["reference", "policy"] = "reference",
