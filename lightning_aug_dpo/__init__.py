@@ -31,16 +31,14 @@ from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptiveStrength",
-    "Augmentation",
-    "KorniaAugmentation",
-    "Preset",
-    "replay",
     "AdapterCheckpoint",
+    "AdaptiveStrength",
     "AugDPOModule",
     "AugPairDataModule",
+    "Augmentation",
     "DiffusionNoise",
     "ImagePreprocessor",
+    "KorniaAugmentation",
     "LlavaDPOModule",
     "MMVetEvalCallback",
     "PairGalleryCallback",
@@ -48,9 +46,11 @@ __all__ = [
     "PairsWriter",
     "PreferenceBatch",
     "PreferenceLoss",
+    "Preset",
     "PromptBatch",
     "RunSummary",
     "SigmoidDPOLoss",
     "WarmupCosineSchedule",
+    "replay",
     "write_tiny_llava",
 ]

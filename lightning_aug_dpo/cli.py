@@ -11,8 +11,10 @@ YAML: no registry.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -24,8 +26,11 @@ class AugDPOCLI(LightningCLI):
     """LightningCLI with subclass mode for both the model and the data."""
 
 
-def cli_main(args: list[str] | None = None) -> AugDPOCLI:
-    """Build and run the CLI (``args=None`` reads ``sys.argv``); returns it for inspection."""
+def cli_main(args: list[str] | None = None, run: bool = True) -> AugDPOCLI:
+    """Build and run the CLI (``args=None`` reads ``sys.argv``); returns it for inspection.
+
+    ``run=False`` only parses and instantiates (no subcommand), as ``LightningCLI(run=False)``.
+    """
     # Tokenizers' thread pool forks badly into DataLoader workers; rollouts tokenise on device.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return AugDPOCLI(
@@ -35,18 +40,55 @@ def cli_main(args: list[str] | None = None) -> AugDPOCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 
 
-def preview_main(args: list[str]) -> None:
+def spread_list_option(args: list[str], option: str) -> list[str]:
+    """``OPTION a b c`` -> ``OPTION=["a", "b", "c"]``: jsonargparse reads a list option as ONE
+    JSON/YAML value, but shells give file lists (``--images *.jpg``) as separate words."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i].startswith(f"{option}="):  # --images=a.jpg: one file, or already a list
+            value = args[i].split("=", 1)[1]
+            listed = value.lstrip().startswith("[")
+            out.append(args[i] if listed else f"{option}={json.dumps([value])}")
+            i += 1
+            continue
+        if args[i] != option:
+            out.append(args[i])
+            i += 1
+            continue
+        end = i + 1
+        while end < len(args) and not args[end].startswith("--"):
+            end += 1
+        values = args[i + 1 : end]
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            out += [option, values[0]]  # already a list: --images '[a.jpg, b.png]'
+        else:
+            out.append(f"{option}={json.dumps(values)}")
+        i = end
+    return out
+
+
+def preview_main(args: list[str]) -> Path:
     """``lightning-aug-dpo preview ...``: a plain function CLI, no Trainer (see ``preview.py``)."""
     from jsonargparse import auto_cli
 
     from lightning_aug_dpo.preview import preview
 
-    path = auto_cli(preview, args=args)
+    try:
+        path = auto_cli(
+            preview,
+            args=spread_list_option(args, "--images"),
+            as_positional=False,
+            prog="lightning-aug-dpo preview",
+        )
+    except (FileNotFoundError, ValueError) as err:  # bad input: a message, not a traceback
+        raise SystemExit(f"lightning-aug-dpo preview: error: {err}") from err
     print(f"wrote {path}")
+    return path
 
 
 def main(args: list[str] | None = None) -> None:

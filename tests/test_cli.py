@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoImageProcessor
 
+from lightning_aug_dpo.augment import ImagePreprocessor, replay
 from lightning_aug_dpo.cli import cli_main
+from lightning_aug_dpo.data.prompts import decode_image
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 TRL_NAMES = [
@@ -99,6 +104,15 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
     assert [r for r in rows if r["mmvet/total"]], "mmvet/total was never logged"
     assert [r for r in rows if r.get("val/loss")], "validation did not run"
+    # adaptive strength (demo.yaml): t = 500 is too strong for the tiny model, so it steps down
+    strengths = [float(r["train/augment/strength"]) for r in steps]
+    assert strengths[0] == 0.5 and strengths[-1] < 0.5, strengths
+    # the gallery (demo.yaml: every 8 steps and on the first) shows real pairs with their records
+    page = (run / "gallery.html").read_text(encoding="utf-8")
+    assert re.findall(r'<section id="step-(\d+)"', page) == ["1"]
+    pairs = page.count('<div class="pair">')
+    assert pairs >= 1 and page.count('<img src="data:image/png;base64,') == 2 * pairs
+    assert re.search(r"<dd>diffusion, [^<]*seed \d+", page)
 
     adapter = run / "adapter"
     assert (adapter / "adapter_config.json").is_file()
@@ -120,7 +134,14 @@ def test_predict_writes_a_pairs_file(demo_cwd: Path, demo_assets) -> None:
     cli_main(["predict", *DEMO_ARGS, "--trainer.callbacks+", json.dumps(writer)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert 0 < len(rows) <= 16
+    processor = AutoImageProcessor.from_pretrained(demo_assets["model"])
+    preprocessor = ImagePreprocessor.from_image_processor(processor)
     for row in rows:
         assert set(row) == {"id", "image", "prompt", "chosen", "rejected", "augmentation"}
         assert row["chosen"] != row["rejected"]
-        assert (demo_assets["prompts"].parent / "images" / row["image"]).is_file()
+        image = demo_assets["prompts"].parent / "images" / row["image"]
+        assert image.is_file()
+        # the record rebuilds the rejected image: replay re-draws and checks the parameters
+        clean = preprocessor([decode_image(image)])[0]
+        augmented = replay(row["augmentation"], clean)
+        assert augmented.shape == clean.shape and not torch.equal(augmented, clean)

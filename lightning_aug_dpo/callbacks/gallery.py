@@ -13,7 +13,7 @@ import html
 import io
 import json
 import os
-import tempfile
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,20 +35,17 @@ PAD = 8  # margin around and between grid tiles, in pixels
 TEXT_WIDTH = 420  # the text column of the grid, in pixels
 MAX_FIELD_LINES = 6  # long answers are cut so that one pair cannot make the grid huge
 MAX_PARAMS_CHARS = 6000
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # invalid in HTML
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
-# ---------------------------------------------------------------------------- image helpers
 
-
-def to_uint8(
-    pixels: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
-) -> torch.Tensor:
+def to_uint8(pixels: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     """Normalised ``(B, 3, H, W)`` model input -> uint8 RGB ``(B, 3, H, W)`` on the CPU.
 
     Args:
         pixels: the normalised images.
-        mean: per-channel mean used to normalise them (3 values or a ``(1, 3, 1, 1)`` tensor).
-        std: per-channel std, same form.
+        mean: per-channel mean used to normalise them: 3 floats or a ``(1, 3, 1, 1)`` tensor.
+        std: per-channel std, in the same form.
     """
     x = pixels.detach().float().cpu()
     mean_t = torch.as_tensor(mean, dtype=torch.float32).detach().cpu().reshape(1, 3, 1, 1)
@@ -58,13 +55,7 @@ def to_uint8(
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """uint8 ``(3, H, W)`` tensor -> RGB PIL image."""
-    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 ``(3, H, W)`` tensor (what ``add_image`` takes)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
 
 
 def load_font(size: int = 12) -> Font:
@@ -116,9 +107,6 @@ def wrap_text(text: str, font: Font, width: int, max_lines: int | None = None) -
     return lines
 
 
-# ---------------------------------------------------------------------------- record helpers
-
-
 def record_summary(record: dict[str, Any] | None) -> str:
     """One line of an augmentation record: preset, strength, other scalars, seed."""
     if not record:
@@ -150,22 +138,17 @@ def compact(value: Any, max_items: int = 6) -> Any:
     return value
 
 
-def format_json(value: Any, indent: int = 0, width: int = 72) -> str:
+def format_json(value: Any, indent: int = 0) -> str:
     """JSON with short containers on one line and long ones expanded, one item per line."""
     flat = json.dumps(value, ensure_ascii=False)
-    if len(flat) <= width or not isinstance(value, dict | list) or not value:
+    if len(flat) <= 72 or not isinstance(value, dict | list) or not value:
         return flat
     inner, outer = "  " * (indent + 1), "  " * indent
     if isinstance(value, dict):
-        items = [
-            f"{inner}{json.dumps(k)}: {format_json(v, indent + 1, width)}" for k, v in value.items()
-        ]
+        items = [f"{inner}{json.dumps(k)}: {format_json(v, indent + 1)}" for k, v in value.items()]
         return "{\n" + ",\n".join(items) + f"\n{outer}}}"
-    items = [inner + format_json(v, indent + 1, width) for v in value]
+    items = [inner + format_json(v, indent + 1) for v in value]
     return "[\n" + ",\n".join(items) + f"\n{outer}]"
-
-
-# ---------------------------------------------------------------------------- grid image
 
 
 def _pair_lines(row: dict[str, Any], font: Font) -> list[tuple[str, str]]:
@@ -220,9 +203,6 @@ def render_pair_grid(
     return canvas
 
 
-# ---------------------------------------------------------------------------- HTML page
-
-
 def png_data_uri(image: Image.Image, max_side: int | None = None) -> str:
     """``data:image/png;base64,...`` of ``image``, shrunk to ``max_side`` if it is larger."""
     if max_side is not None and max(image.size) > max_side:
@@ -241,7 +221,10 @@ def render_section(
     thumbnail_size: int = 160,
 ) -> str:
     """The HTML of one logged step: per pair both thumbnails, the texts and the record."""
-    esc = html.escape
+
+    def esc(text: str) -> str:
+        return html.escape(CONTROL_CHARS.sub("\ufffd", text))
+
     pairs = []
     for i, image in enumerate(clean):
         row = rows[i] if i < len(rows) else {}
@@ -252,7 +235,9 @@ def render_section(
             if augmented is not None
             else '<figure class="none">no augmented image</figure>'
         )
-        params = esc(format_json(compact(record)))[:MAX_PARAMS_CHARS] if record else "{}"
+        params = format_json(compact(record)) if record else "{}"
+        if len(params) > MAX_PARAMS_CHARS:  # cut before escaping: never inside an entity
+            params = params[:MAX_PARAMS_CHARS] + "\n..."
         pairs.append(
             '<div class="pair"><div class="imgs">'
             f'<figure><img src="{png_data_uri(image, thumbnail_size)}" alt="original">'
@@ -263,7 +248,7 @@ def render_section(
             f'<dt>chosen</dt><dd class="chosen">{esc(str(row.get("chosen", "")))}</dd>'
             f'<dt>rejected</dt><dd class="rejected">{esc(str(row.get("rejected", "")))}</dd>'
             f"<dt>augmentation</dt><dd>{esc(record_summary(record))}"
-            f"<details><summary>record</summary><pre>{params}</pre></details></dd>"
+            f"<details><summary>record</summary><pre>{esc(params)}</pre></details></dd>"
             "</dl></div>"
         )
     return f'<section id="step-{step}"><h2>step {step}</h2>{"".join(pairs)}</section>'
@@ -300,17 +285,12 @@ def render_page(
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and ``os.replace``: a browser never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")  # only global rank 0 writes: a fixed name is safe
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------- the callback
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class PairGalleryCallback(Callback):
@@ -341,14 +321,14 @@ class PairGalleryCallback(Callback):
         thumbnail_size: int = 160,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("every_n_steps", every_n_steps),
-            ("max_pairs", max_pairs),
-            ("max_sections", max_sections),
-            ("thumbnail_size", thumbnail_size),
-        ]:
-            if value < 1:
-                raise ValueError(f"PairGalleryCallback: {name} must be >= 1, got {value}")
+        sizes = {
+            "every_n_steps": every_n_steps,
+            "max_pairs": max_pairs,
+            "max_sections": max_sections,
+            "thumbnail_size": thumbnail_size,
+        }
+        if bad := [f"{name}={value}" for name, value in sizes.items() if value < 1]:
+            raise ValueError(f"PairGalleryCallback: {', '.join(bad)}; must be >= 1")
         self.every_n_steps = every_n_steps
         self.max_pairs = max_pairs
         self.filename = filename
@@ -384,7 +364,9 @@ class PairGalleryCallback(Callback):
         """Render, log and write the pairs of ``batch`` for ``step``; returns the grid image."""
         n = min(len(batch), self.max_pairs)
         rows = list(batch.meta.get("rows", []))[:n]
-        mean, std = self._normalization(pl_module, rows)
+        # Un-normalise with the model's own statistics (CLIP's when the module has none).
+        pre = getattr(pl_module, "preprocessor", None)
+        mean, std = (CLIP_MEAN, CLIP_STD) if pre is None else (pre.mean, pre.std)
         clean = to_uint8(batch.pixel_values[:n], mean, std)
         aug = batch.aug_pixel_values
         augmented = None if aug is None else to_uint8(aug[:n], mean, std)
@@ -392,9 +374,8 @@ class PairGalleryCallback(Callback):
         if self.log_images:
             self._log_grid(trainer, grid, step)
         aug_images = None if augmented is None else [to_pil(a) for a in augmented]
-        section = render_section(
-            step, [to_pil(c) for c in clean], aug_images, rows, self.thumbnail_size
-        )
+        clean_images = [to_pil(c) for c in clean]
+        section = render_section(step, clean_images, aug_images, rows, self.thumbnail_size)
         self.sections = [section, *self.sections][: self.max_sections]
         page = render_page(
             self.sections, f"augmentation pairs: {run_dir(trainer)}", self.thumbnail_size
@@ -403,23 +384,11 @@ class PairGalleryCallback(Callback):
         self.last_step = step
         return grid
 
-    @staticmethod
-    def _normalization(
-        pl_module: pl.LightningModule, rows: Sequence[dict[str, Any]]
-    ) -> tuple[Any, Any]:
-        """The model's mean/std; else the record's (pixel-space augmentations carry them)."""
-        preprocessor = getattr(pl_module, "preprocessor", None)
-        if preprocessor is not None:
-            return preprocessor.mean, preprocessor.std
-        record = rows[0].get("augmentation") if rows else None
-        if isinstance(record, dict) and "mean" in record and "std" in record:
-            return record["mean"], record["std"]
-        return CLIP_MEAN, CLIP_STD
-
     def _log_grid(self, trainer: pl.Trainer, grid: Image.Image, step: int) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(IMAGE_TAG, pil_to_tensor(grid), step)
+                tensor = torch.from_numpy(np.array(grid)).permute(2, 0, 1)  # uint8 (3, H, W)
+                logger.experiment.add_image(IMAGE_TAG, tensor, step)
             elif callable(getattr(logger, "log_image", None)):
                 try:  # WandbLogger's signature; other loggers may differ
                     logger.log_image(key=IMAGE_TAG, images=[grid], step=step)
