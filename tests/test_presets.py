@@ -183,3 +183,35 @@ def test_bad_kornia_class_path_is_explained() -> None:
         KorniaAugmentation("kornia.augmentation.NoSuchThing")
     with pytest.raises(ValueError, match=r"bad kwargs for kornia\.augmentation\.RandomInvert"):
         KorniaAugmentation("kornia.augmentation.RandomInvert", {"nonsense": 1})
+
+
+def test_diffusion_noise_step_range_draws_per_image_and_replays() -> None:
+    from lightning_aug_dpo import DiffusionNoise
+
+    aug = DiffusionNoise(noise_step=(300, 900))
+    clean = clean_batch(8, side=16)
+    out, records = aug(clean, list(range(8)))
+    steps = [r["params"]["noise_step"] for r in records]
+    assert all(300 <= s <= 900 for s in steps) and len(set(steps)) > 1
+    assert records[0]["noise_step"] == [300, 900]
+    for i, record in enumerate(records):
+        assert torch.equal(replay(record, clean[i]), out[i])
+        signal = float(aug.sqrt_abar[steps[i]])
+        noise = (out[i] - signal * clean[i]) / (1 - signal**2) ** 0.5
+        assert abs(noise.std().item() - 1.0) < 0.15  # the remainder is the unit Gaussian noise
+    assert aug.strength == pytest.approx(0.6)
+    aug.strength = 0.2  # moves the range, keeping its width
+    assert aug.noise_step == (0, 600)
+
+
+def test_diffusion_noise_in_pixel_space_gives_valid_images() -> None:
+    from lightning_aug_dpo import DiffusionNoise
+
+    clean = clean_batch(2, side=16)
+    out, (record, _) = DiffusionNoise(noise_step=500, space="pixel")(clean, [1, 2])
+    pixels = out * STD + MEAN
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert record["space"] == "pixel" and record["mean"] == pytest.approx(list(CLIP_MEAN))
+    assert torch.equal(replay(record, clean[0]), out[0])
+    with pytest.raises(ValueError, match="space"):
+        DiffusionNoise(space="latent")  # type: ignore[arg-type]
