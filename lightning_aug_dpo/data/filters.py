@@ -1,0 +1,112 @@
+"""Pair filters: which (chosen, rejected) rollouts are worth a DPO step.
+
+SeVa keeps a pair only when the two answers differ as strings. Finer filters drop pairs that
+differ only in whitespace, case or punctuation, answers that are too short or too long, or pairs
+a similarity measure finds too alike. Each filter is a small callable returning the reason it
+drops a pair (``None`` keeps it); the DataModule applies them in order and counts each reason.
+New filters are classes with the same ``__call__`` named by ``class_path`` in YAML.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+import unicodedata
+from typing import Protocol
+
+from lightning_aug_dpo.types import Rollout
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+class PairFilter(Protocol):
+    """``filter(chosen, rejected) -> reason | None``: the reason to drop the pair, or keep it."""
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None: ...
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, single spaces, Unicode NFKC: what "the same answer" means."""
+    text = unicodedata.normalize("NFKC", text).lower().translate(_PUNCTUATION)
+    return " ".join(text.split())
+
+
+class IdenticalFilter:
+    """SeVa's filter: drop pairs whose answers are the same string (no preference signal).
+
+    Args:
+        normalize: compare after :func:`normalize_answer` (``"Red."`` equals ``"red"``).
+    """
+
+    def __init__(self, normalize: bool = False) -> None:
+        self.normalize = normalize
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        a, b = chosen.text, rejected.text
+        if self.normalize:
+            a, b = normalize_answer(a), normalize_answer(b)
+        if a == b:
+            return "identical_normalized" if self.normalize else "identical"
+        return None
+
+
+class LengthFilter:
+    """Drop pairs where either answer has fewer than ``min_words`` or more than ``max_words``.
+
+    Words (whitespace-separated) rather than tokens, so that the filter means the same for every
+    tokenizer and is cheap on the CPU.
+
+    Args:
+        min_words: shortest answer kept (0: no minimum; 1 drops empty answers).
+        max_words: longest answer kept (``None``: no maximum).
+    """
+
+    def __init__(self, min_words: int = 1, max_words: int | None = None) -> None:
+        if min_words < 0 or (max_words is not None and max_words < min_words):
+            raise ValueError(f"need 0 <= min_words <= max_words, got {min_words}, {max_words}")
+        self.min_words = min_words
+        self.max_words = max_words
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        for rollout in (chosen, rejected):
+            words = len(rollout.text.split())
+            if words < self.min_words:
+                return "too_short"
+            if self.max_words is not None and words > self.max_words:
+                return "too_long"
+        return None
+
+
+class SimilarityFilter:
+    """Drop pairs whose answers are more alike than ``max_similarity``.
+
+    Similarity is ``difflib.SequenceMatcher`` ratio on normalised text (1.0 = equal), a
+    dependency-free stand-in for embedding similarity; subclass and override :meth:`similarity`
+    for another measure (e.g. a sentence-embedding cosine).
+
+    Args:
+        max_similarity: pairs with similarity above this are dropped.
+    """
+
+    def __init__(self, max_similarity: float = 0.9) -> None:
+        if not 0.0 <= max_similarity <= 1.0:
+            raise ValueError(f"max_similarity must be in [0, 1], got {max_similarity}")
+        self.max_similarity = max_similarity
+
+    def similarity(self, a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, normalize_answer(a), normalize_answer(b)).ratio()
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        if self.similarity(chosen.text, rejected.text) > self.max_similarity:
+            return "too_similar"
+        return None
+
+
+def first_reason(filters: list[PairFilter], chosen: Rollout, rejected: Rollout) -> str | None:
+    """The first filter's reason to drop the pair, or ``None`` when every filter keeps it."""
+    for keep_or_reason in (f(chosen, rejected) for f in filters):
+        if keep_or_reason is not None:
+            return keep_or_reason
+    return None
+
+
