@@ -29,7 +29,7 @@ from lightning_aug_dpo.losses import (
     concat_prompt_response,
     sequence_logprobs,
 )
-from lightning_aug_dpo.metrics import PreferenceMetrics, preference_values
+from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, preference_values
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, Rollout
@@ -123,6 +123,7 @@ class AugDPOModule(pl.LightningModule):
         self.processor: Any = None
         self.preprocessor: ImagePreprocessor | None = None
         self.train_metrics = PreferenceMetrics()
+        self.empty_batches = 0  # steps skipped because filtering left no pair on any rank
         self.val_metrics = PreferenceMetrics(sync_on_step=False)
         # The frozen base is not part of checkpoints: only trainable tensors are saved.
         self.strict_loading = False
@@ -419,12 +420,28 @@ class AugDPOModule(pl.LightningModule):
         strength = batch.meta.get("augment_strength")
         if strength is not None:  # the same on every rank (adaptive strength syncs its counts)
             self.log("train/augment/strength", float(strength), on_step=True, on_epoch=False)
-        if len(batch) == 0:  # every pair was identical: nothing to learn from
+        if not self._any_rank_has_pairs(len(batch) > 0):
+            # Filtering emptied the batch on every rank: nothing to learn, no optimizer step.
+            self.empty_batches += 1
+            self.log("train/pairs/empty_batches", float(self.empty_batches), on_step=True)
             return None
-        loss, values = self.preference_step(batch)
+        if len(batch) == 0:
+            # Other ranks have pairs: under DDP this rank must still join the gradient all-reduce
+            # and the per-step metric syncs, so it contributes a zero loss and no values.
+            loss = torch.stack([(p * 0).sum() for p in self.parameters() if p.requires_grad]).sum()
+            values = {key: loss.new_zeros(0) for key in PREFERENCE_KEYS}
+        else:
+            loss, values = self.preference_step(batch)
         for name, value in self.train_metrics.update(values).items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=len(batch))
+            size = max(len(batch), 1)
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def _any_rank_has_pairs(self, has_pairs: bool) -> bool:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return has_pairs
+        return bool(trainer.strategy.reduce_boolean_decision(has_pairs, all=False))
 
     def on_train_epoch_start(self) -> None:
         self.train_metrics.reset_means()
