@@ -7,11 +7,17 @@ CPU workers only decode images. After transfer, ``on_after_batch_transfer`` (on 
 3. roll out greedy answers on the clean image (chosen) and the augmented one (rejected);
 4. drop pairs whose answers are identical (no signal), count them;
 5. tokenise through the module and emit a :class:`PreferenceBatch`.
+
+Unreadable images and malformed prompt rows follow ``on_bad_image``: ``error`` stops naming the
+file, the row and the reason; ``skip`` drops them, warns once per file and, through the
+:class:`BadImageSummary` callback that ``setup`` adds to the trainer, logs one summary line per
+epoch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -28,6 +34,7 @@ from lightning_aug_dpo.augment import (
     KorniaAugmentation,
     Preset,
 )
+from lightning_aug_dpo.data.images import DEFAULT_MAX_PIXELS
 from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
@@ -36,6 +43,8 @@ from lightning_aug_dpo.data.prompts import (
     split_prompts,
 )
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+
+log = logging.getLogger(__name__)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -66,6 +75,12 @@ class AugPairDataModule(pl.LightningDataModule):
         rollout_model: ``reference`` (adapters off: the initial model, as in SeVa) or
             ``policy`` (the current policy: on-policy pairs).
         drop_identical: drop pairs whose two answers are the same string.
+        on_bad_image: what an unreadable image (missing, empty, truncated, not an image, too
+            large) or a malformed prompt row does: ``error`` stops with the file, the row and
+            the reason; ``skip`` drops it, warns once per file or row, and logs a summary of
+            the epoch's skipped images at its end (a batch left empty makes no optimizer step).
+        max_image_pixels: images whose header declares more pixels are rejected without being
+            decoded (decompression bombs); ``null``: only PIL's own limit.
     """
 
     def __init__(
@@ -82,6 +97,8 @@ class AugPairDataModule(pl.LightningDataModule):
         max_new_tokens: int = 64,
         rollout_model: Literal["reference", "policy"] = "reference",
         drop_identical: bool = True,
+        on_bad_image: Literal["skip", "error"] = "error",
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["augmentation", "adaptive_strength"])
@@ -92,12 +109,27 @@ class AugPairDataModule(pl.LightningDataModule):
         self.train_prompts: list[Prompt] = []
         self.val_prompts: list[Prompt] = []
         self.skipped_text_only = 0
+        self.bad_rows: list[tuple[int, str]] = []  # (row or line number, reason), skip mode
+        self.bad_images: dict[str, str] = {}  # path -> reason, skipped since the last summary
+        self._warned_images: set[str] = set()  # each bad file is warned about once per run
 
     def setup(self, stage: str) -> None:
+        self._attach_summary()
         if self.train_prompts:
             return
-        source = load_prompts(self.hparams.data_path)
+        source = load_prompts(self.hparams.data_path, on_bad_row=self.hparams.on_bad_image)
         self.skipped_text_only = source.skipped_text_only
+        self.bad_rows = source.bad_rows
+        if source.bad_rows:
+            listed = "; ".join(f"{n}: {reason}" for n, reason in source.bad_rows)
+            unit = "lines" if str(self.hparams.data_path).endswith(".jsonl") else "rows"
+            log.warning(
+                "%s: skipped %d malformed %s (on_bad_image=skip): %s",
+                self.hparams.data_path,
+                len(source.bad_rows),
+                unit,
+                listed,
+            )
         self.train_prompts, self.val_prompts = split_prompts(
             source.prompts,
             self.hparams.num_prompts,
@@ -108,7 +140,12 @@ class AugPairDataModule(pl.LightningDataModule):
     def _loader(self, prompts: list[Prompt], shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
-            PromptDataset(prompts, self.hparams.image_folder),
+            PromptDataset(
+                prompts,
+                self.hparams.image_folder,
+                on_bad_image=self.hparams.on_bad_image,
+                max_pixels=self.hparams.max_image_pixels,
+            ),
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
@@ -145,7 +182,12 @@ class AugPairDataModule(pl.LightningDataModule):
         ``module`` is the :class:`AugDPOModule` whose ``preprocess_images``, ``rollout`` and
         ``tokenize_pairs`` make the pairs; ``epoch`` enters the per-sample augmentation seeds;
         ``adapt`` lets ``adaptive_strength`` update the strength from this batch's pairs.
+        Images the workers skipped (``on_bad_image: skip``) are recorded in ``bad_images`` and
+        counted in ``meta["bad_images"]``; a batch left empty gives an empty PreferenceBatch.
         """
+        skipped = self._record_bad_images(getattr(batch, "skipped", []))
+        if len(batch) == 0:
+            return self._empty_pairs(module, adapt, skipped)
         clean = module.preprocess_images(batch.images)
         seeds = [sample_seed(self.hparams.seed, epoch, i) for i in batch.indices]
         self.augmentation.to(clean.device)
@@ -189,9 +231,61 @@ class AugPairDataModule(pl.LightningDataModule):
         return PreferenceBatch(
             pixel_values=clean.index_select(0, index),
             aug_pixel_values=augmented.index_select(0, index),
-            meta={"stats": stats, "rows": rows, "augment_strength": strength},
+            meta={
+                "stats": stats,
+                "rows": rows,
+                "augment_strength": strength,
+                "bad_images": skipped,
+            },
             **tokens,
         )
+
+    # ------------------------------------------------------------------ bad images
+    def _empty_pairs(self, module: Any, adapt: bool, skipped: int) -> PreferenceBatch:
+        """No image of the batch was readable: no rollouts, an empty batch (no optimizer step)."""
+        stats = PairStats(prompts=0, kept=0, identical=0)
+        if adapt and self.adaptive_strength is not None:
+            self._adapt(stats)  # still called: under DDP every rank must join the all_reduce
+        size = module.preprocessor.size
+        pixels = torch.zeros((0, 3, size, size), device=module.device)
+        self.augmentation.to(pixels.device)  # as in make_pairs (builds a lazy default)
+        return PreferenceBatch(
+            pixel_values=pixels,
+            aug_pixel_values=pixels.clone(),
+            meta={
+                "stats": stats,
+                "rows": [],
+                "augment_strength": self._strength(),
+                "bad_images": skipped,
+            },
+            **module.tokenize_pairs([], [], []),
+        )
+
+    def _record_bad_images(self, skipped: list[tuple[str, str]]) -> int:
+        """Remember this batch's skipped images for the epoch summary; warn once per file."""
+        for path, reason in skipped:
+            self.bad_images[path] = reason
+            if path not in self._warned_images:
+                self._warned_images.add(path)
+                log.warning("skipping unreadable image %s (%s)", path, reason)
+        return len(skipped)
+
+    def bad_image_summary(self) -> str | None:
+        """One line listing the images skipped since the last call (then forgets them);
+        ``None`` if there were none."""
+        if not self.bad_images:
+            return None
+        bad, self.bad_images = sorted(self.bad_images.items()), {}
+        listed = ", ".join(f"{path} ({reason})" for path, reason in bad)
+        return f"skipped {len(bad)} unreadable images this epoch: {listed}"
+
+    def _attach_summary(self) -> None:
+        """Add a :class:`BadImageSummary` to the trainer so each epoch ends with a summary
+        (a DataModule gets no epoch hooks of its own)."""
+        trainer = self.trainer
+        if trainer is None or any(isinstance(c, BadImageSummary) for c in trainer.callbacks):
+            return
+        trainer.callbacks.append(BadImageSummary())
 
     # ------------------------------------------------------------------ strength control
     def _strength(self) -> float | None:
@@ -224,6 +318,36 @@ class AugPairDataModule(pl.LightningDataModule):
         if self.adaptive_strength is not None and "augment_strength" in state_dict:
             self.augmentation.strength = state_dict["augment_strength"]
             self.adaptive_strength.load_state_dict(state_dict["adaptive_strength"])
+
+
+class BadImageSummary(pl.Callback):
+    """Logs the datamodule's ``bad_image_summary()`` at the end of each epoch.
+
+    ``AugPairDataModule.setup`` adds one to the trainer; adding it to ``trainer.callbacks``
+    yourself works too (it is not added twice). During ``fit``, images skipped by validation
+    are reported with the training epoch they belong to. Each rank reports its own files.
+    """
+
+    def _report(self, trainer: pl.Trainer, what: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, AugPairDataModule):
+            return
+        summary = datamodule.bad_image_summary()
+        if summary is not None:
+            log.warning("%s %d: %s", what, trainer.current_epoch, summary)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, "epoch")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit":  # during fit, the training epoch's summary has these
+            self._report(trainer, "validation epoch")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, "test epoch")
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, "predict epoch")
 
 
 def as_augmentation(augmentation: Augmentation | nn.Module | str) -> Augmentation:
