@@ -95,16 +95,10 @@ def _llava_prompt(index: int, row: object) -> Prompt | None:
     return Prompt(str(row_id), row["image"], question, location=f"row {index}")
 
 
-def load_llava_prompts(path: str | Path, on_bad_row: OnBad = "error") -> PromptSource:
-    """Read a LLaVA-665k-format JSON list into prompts (first human turn of each row).
-
-    ``on_bad_row="skip"`` drops malformed rows into ``PromptSource.bad_rows`` (row index,
-    reason) instead of raising; a file that is not a JSON list is an error either way.
-    """
-    _check_on_bad(on_bad_row, "on_bad_row")
-    path = Path(path)
+def read_llava_json(path: Path, hint: str) -> list:
+    """The row list of a LLaVA-665k-format JSON file; ``hint`` says how to fix a missing file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: prompt file not found; check `data.data_path`")
+        raise FileNotFoundError(f"{path}: file not found; {hint}")
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -115,6 +109,18 @@ def load_llava_prompts(path: str | Path, on_bad_row: OnBad = "error") -> PromptS
         raise ValueError(
             f"{path}: expected a JSON list of conversations, got {type(rows).__name__}"
         )
+    return rows
+
+
+def load_llava_prompts(path: str | Path, on_bad_row: OnBad = "error") -> PromptSource:
+    """Read a LLaVA-665k-format JSON list into prompts (first human turn of each row).
+
+    ``on_bad_row="skip"`` drops malformed rows into ``PromptSource.bad_rows`` (row index,
+    reason) instead of raising; a file that is not a JSON list is an error either way.
+    """
+    _check_on_bad(on_bad_row, "on_bad_row")
+    path = Path(path)
+    rows = read_llava_json(path, "check `data.data_path`")
     prompts: list[Prompt] = []
     bad_rows: list[tuple[int, str]] = []
     skipped = 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lightning_aug_dpo.data.prompts import clean_question
+from lightning_aug_dpo.data.prompts import clean_question, read_llava_json
 
 SUBSETS = ("ocrvqa", "textcaps")
 # LLaVA-665k folder prefixes; TextCaps images live in TextVQA's train_images folder.
@@ -61,19 +61,7 @@ def _load_rows(rows_or_path: str | Path | Sequence[dict[str, Any]]) -> tuple[str
     if not isinstance(rows_or_path, str | Path):
         return "rows", list(rows_or_path)
     path = Path(rows_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: LLaVA JSON not found; pass llava_v1_5_mix665k.json")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: not valid JSON ({err}); expected a LLaVA-665k JSON list"
-        ) from err
-    if not isinstance(rows, list):
-        raise ValueError(
-            f"{path}: expected a JSON list of conversations, got {type(rows).__name__}"
-        )
-    return str(path), rows
+    return str(path), read_llava_json(path, "pass llava_v1_5_mix665k.json")
 
 
 def _strip(text: str, suffix: str | None) -> str:
