@@ -16,6 +16,7 @@ PIL image). Pixel-space augmentations un-normalise with the model's mean/std, au
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -57,7 +58,7 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class Augmentation(nn.Module):
+class Augmentation(nn.Module, ABC):
     """Base class: ``forward(images, seeds) -> (augmented, records)``.
 
     Subclasses implement :meth:`sample` (seed -> parameters), :meth:`apply` (one image and its
@@ -77,16 +78,17 @@ class Augmentation(nn.Module):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ what subclasses define
+    @abstractmethod
     def config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """JSON that rebuilds this augmentation (``build_augmentation``); the seed is added."""
 
+    @abstractmethod
     def sample(self, shape: torch.Size, seed: int) -> Any:
         """Parameters for one image of ``shape`` (C, H, W), drawn from ``seed`` only."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, image: torch.Tensor, params: Any) -> torch.Tensor:
         """Augment one ``(1, C, H, W)`` image, in :attr:`space`, with sampled ``params``."""
-        raise NotImplementedError
 
     def record_params(self, params: Any) -> Any:
         """The JSON form of ``params`` written to records (drop what the seed rebuilds)."""

@@ -216,9 +216,10 @@ class Preset(Augmentation):
         return {"applied": applied, "inner": inner.sample(shape, seed) if applied else None}
 
     def record_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        # ``self.inner`` is the augmentation that drew ``params`` (``sample`` just built it).
         inner = params["inner"]
-        if inner is not None:
-            inner = self._inner_for(self._built[1]).record_params(inner)  # type: ignore[index]
+        if inner is not None and self.inner is not None:
+            inner = self.inner.record_params(inner)
         return {"applied": params["applied"], "inner": inner}
 
     def apply(self, image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:

@@ -231,14 +231,14 @@ class AugPairDataModule(pl.LightningDataModule):
         return PreferenceBatch(
             pixel_values=clean.index_select(0, index),
             aug_pixel_values=augmented.index_select(0, index),
-            meta={
-                "stats": stats,
-                "rows": rows,
-                "augment_strength": strength,
-                "bad_images": skipped,
-            },
+            meta=self._meta(stats, rows, strength, skipped),
             **tokens,
         )
+
+    def _meta(
+        self, stats: PairStats, rows: list[dict], strength: float | None, skipped: int
+    ) -> dict[str, Any]:
+        return {"stats": stats, "rows": rows, "augment_strength": strength, "bad_images": skipped}
 
     # ------------------------------------------------------------------ bad images
     def _empty_pairs(self, module: Any, adapt: bool, skipped: int) -> PreferenceBatch:
@@ -252,12 +252,7 @@ class AugPairDataModule(pl.LightningDataModule):
         return PreferenceBatch(
             pixel_values=pixels,
             aug_pixel_values=pixels.clone(),
-            meta={
-                "stats": stats,
-                "rows": [],
-                "augment_strength": self._strength(),
-                "bad_images": skipped,
-            },
+            meta=self._meta(stats, [], self._strength(), skipped),
             **module.tokenize_pairs([], [], []),
         )
 

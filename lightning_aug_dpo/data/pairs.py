@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_aug_dpo.data.prompts import clean_question
+from lightning_aug_dpo.data.prompts import check_on_bad, clean_question
 
 FORMATS = ("aug_dpo", "seva", "trl")
 _FIX = {
@@ -196,8 +196,7 @@ def load_pairs(path: str | Path, on_bad_row: Literal["error", "skip"] = "error")
     Returns:
         The pairs in file order; ids are the row's ``id`` or ``"{file stem}:{line}"``.
     """
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    check_on_bad(on_bad_row, "on_bad_row")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found")

@@ -56,7 +56,8 @@ class _RowProblem(Exception):
     """A malformed row: turned into a ValueError (``error``) or a ``bad_rows`` entry (``skip``)."""
 
 
-def _check_on_bad(value: str, name: str) -> None:
+def check_on_bad(value: str, name: str) -> None:
+    """The ``skip | error`` policy arguments (``on_bad_row``, ``on_bad_image``) fail early."""
     if value not in ("skip", "error"):
         raise ValueError(f"{name} must be 'skip' or 'error', got {value!r}")
 
@@ -118,7 +119,7 @@ def load_llava_prompts(path: str | Path, on_bad_row: OnBad = "error") -> PromptS
     ``on_bad_row="skip"`` drops malformed rows into ``PromptSource.bad_rows`` (row index,
     reason) instead of raising; a file that is not a JSON list is an error either way.
     """
-    _check_on_bad(on_bad_row, "on_bad_row")
+    check_on_bad(on_bad_row, "on_bad_row")
     path = Path(path)
     rows = read_llava_json(path, "check `data.data_path`")
     prompts: list[Prompt] = []
@@ -164,7 +165,7 @@ def load_jsonl_prompts(path: str | Path, on_bad_row: OnBad = "error") -> PromptS
     ``on_bad_row="skip"`` drops malformed lines into ``PromptSource.bad_rows`` (1-based line
     number, reason) instead of raising.
     """
-    _check_on_bad(on_bad_row, "on_bad_row")
+    check_on_bad(on_bad_row, "on_bad_row")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prompt file not found; check `data.data_path`")
@@ -246,7 +247,7 @@ class PromptDataset(Dataset):
         on_bad_image: OnBad = "error",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        _check_on_bad(on_bad_image, "on_bad_image")
+        check_on_bad(on_bad_image, "on_bad_image")
         self.prompts = prompts
         self.image_folder = Path(image_folder)
         self.on_bad_image = on_bad_image
