@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ class PreferenceLossOutput:
     rejected_rewards: torch.Tensor  # (B,), detached
 
 
-class PreferenceLoss(nn.Module):
+class PreferenceLoss(nn.Module, ABC):
     """Base class: maps policy and reference sequence log-probs of a pair to a loss.
 
     Subclasses implement :meth:`forward`. Rewards follow DPO's convention
@@ -42,6 +43,7 @@ class PreferenceLoss(nn.Module):
         rejected = self.beta * (policy_rejected_logps - reference_rejected_logps)
         return chosen.detach(), rejected.detach()
 
+    @abstractmethod
     def forward(
         self,
         policy_chosen_logps: torch.Tensor,
@@ -49,4 +51,4 @@ class PreferenceLoss(nn.Module):
         reference_chosen_logps: torch.Tensor,
         reference_rejected_logps: torch.Tensor,
     ) -> PreferenceLossOutput:
-        raise NotImplementedError("a PreferenceLoss subclass must implement forward()")
+        """Per-pair losses (and their mean) from summed response log-probs, shape ``(B,)``."""
