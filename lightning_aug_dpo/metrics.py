@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from lightning_aug_dpo.losses import PreferenceLossOutput
+from lightning_aug_dpo.types import PairStats
 
 # Logged names under the stage prefix (``train/``, ``val/``), as TRL's DPOTrainer names them.
 PREFERENCE_KEYS = (
@@ -22,7 +24,17 @@ PREFERENCE_KEYS = (
     "lengths/chosen",
     "lengths/rejected",
 )
-PAIR_KEYS = ("prompts", "kept", "identical")
+# Run totals of the pair-making statistics (``PairStats`` fields), summed over ranks.
+PAIR_KEYS = (
+    "prompts",
+    "candidates",
+    "kept",
+    "identical",
+    "chosen_tokens",
+    "rejected_tokens",
+    "finished",
+    "rollout_seconds",
+)
 
 
 def _slot(key: str) -> str:
@@ -75,15 +87,30 @@ class PreferenceMetrics(nn.Module):
     def update(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: self.means[_slot(k)](v) for k, v in values.items()}
 
-    def update_counts(self, prompts: int, kept: int, identical: int) -> dict[str, torch.Tensor]:
-        """Add one batch's pair counts; returns the step's totals over ranks and the rate."""
+    def update_counts(self, stats: PairStats) -> dict[str, torch.Tensor]:
+        """Add one batch's pair statistics; returns the step's values over all ranks.
+
+        ``pairs/kept`` and ``pairs/identical_rate`` (identical answers per candidate pair);
+        when the batch was rolled out, ``rollout/eos_rate`` (answers that ended by EOS or a
+        stop string), ``rollout/chosen_tokens`` and ``rollout/rejected_tokens`` (mean answer
+        lengths) and ``rollout/tokens_per_s`` (all ranks' tokens over the ranks' mean
+        ``generate`` time: the job's throughput).
+        """
         device = next(iter(self.counts.values())).device
         step = {
-            k: self.counts[_slot(k)](torch.tensor(float(v), device=device))
-            for k, v in zip(PAIR_KEYS, (prompts, kept, identical), strict=True)
+            k: self.counts[_slot(k)](torch.tensor(float(getattr(stats, k)), device=device))
+            for k in PAIR_KEYS
         }
-        rate = step["identical"] / step["prompts"].clamp(min=1)
-        return {"pairs/kept": step["kept"], "pairs/identical_rate": rate}
+        candidates = step["candidates"].clamp(min=1)
+        out = {"pairs/kept": step["kept"], "pairs/identical_rate": step["identical"] / candidates}
+        if step["rollout_seconds"] > 0:
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            tokens = step["chosen_tokens"] + step["rejected_tokens"]
+            out["rollout/eos_rate"] = step["finished"] / (2 * candidates)
+            out["rollout/chosen_tokens"] = step["chosen_tokens"] / candidates
+            out["rollout/rejected_tokens"] = step["rejected_tokens"] / candidates
+            out["rollout/tokens_per_s"] = tokens * world / step["rollout_seconds"]
+        return out
 
     def compute(self) -> dict[str, float]:
         """Aggregates since the last reset (means) and over the run (counts)."""

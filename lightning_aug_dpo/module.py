@@ -32,7 +32,7 @@ from lightning_aug_dpo.losses import (
 from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, preference_values
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
-from lightning_aug_dpo.types import PairStats, PreferenceBatch, Rollout
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, Rollout, Sampling
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,6 +46,33 @@ def eval_mode(module: nn.Module):
         yield
     finally:
         module.train(was_training)
+
+
+def generated_lengths(
+    new_tokens: torch.Tensor, eos_id: int, pad_id: int | None
+) -> tuple[list[int], list[bool]]:
+    """Per row of generated ids: tokens generated (through the first EOS) and whether EOS came.
+
+    ``generate`` fills a row with pad after it finished (EOS or a stop string), so the length
+    runs to the first EOS (included) or, failing that, the first pad.
+    """
+    width = new_tokens.shape[1]
+    if width == 0:
+        return [0] * new_tokens.shape[0], [False] * new_tokens.shape[0]
+    is_eos = new_tokens == eos_id
+    ends = is_eos | (new_tokens == pad_id) if pad_id is not None else is_eos
+    positions = torch.arange(width, device=new_tokens.device).expand_as(new_tokens)
+    first_end = torch.where(ends, positions, width).min(-1).values
+    eos_at_end = is_eos.gather(1, first_end.clamp(max=width - 1)[:, None]).squeeze(1)
+    eos_at_end &= first_end < width
+    lengths = first_end + eos_at_end.long()
+    return lengths.tolist(), eos_at_end.tolist()
+
+
+def cut_at_stop(text: str, stop_strings: list[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one occurred."""
+    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,31 +307,49 @@ class AugDPOModule(pl.LightningModule):
         questions: list[str],
         max_new_tokens: int = 64,
         use_reference: bool = True,
+        sampling: Sampling | None = None,
     ) -> list[Rollout]:
-        """Greedy answers to ``questions`` about ``pixel_values`` (normalised, on device).
+        """Answers to ``questions`` about ``pixel_values`` (normalised, on device), ONE
+        ``generate`` call for the whole batch: left padding, KV cache, EOS and stop strings.
 
-        ``use_reference`` generates with adapters disabled (the initial model, as SeVa's offline
-        pairs); otherwise with the current policy. ``no_grad`` rather than ``inference_mode``: the
-        outputs are trained on later. ``Rollout.finished`` tells whether the model emitted EOS
-        (a cut-off answer must not be taught to end there).
+        ``use_reference`` generates with adapters disabled (the initial model, as SeVa's
+        pairs); otherwise with the current policy. ``sampling`` (default: greedy, one answer)
+        may ask for ``num_samples`` answers per row, returned row by row: ``[q0 s0, q0 s1, ...,
+        q1 s0, ...]``. Random draws come from torch's global generator: seed it around the
+        call for reproducible samples. ``no_grad`` rather than ``inference_mode``: the outputs
+        are trained on later. ``Rollout.finished`` tells whether the answer ended by itself
+        (EOS or a stop string): a cut-off answer must not be taught to end there.
         """
         if not questions:
             return []
-        enc = self.tokenizer(
+        sampling = sampling or Sampling()
+        tok = self.tokenizer
+        enc = tok(
             self.prompt_texts(questions), return_tensors="pt", padding=True, padding_side="left"
         ).to(self.device)
+        kwargs = self.generation_kwargs(max_new_tokens)
+        if sampling.do_sample:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.num_samples > 1:
+            kwargs["num_return_sequences"] = sampling.num_samples
+        if sampling.stop_strings:
+            kwargs.update(stop_strings=list(sampling.stop_strings), tokenizer=tok)
         context = self.reference_context() if use_reference else nullcontext()
         with context, eval_mode(self.model):
             out = self.model.generate(
                 input_ids=enc.input_ids,
                 attention_mask=enc.attention_mask,
                 pixel_values=pixel_values.to(self.compute_dtype),
-                **self.generation_kwargs(max_new_tokens),
+                **kwargs,
             )
         new_tokens = out[:, enc.input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        finished = (new_tokens == self.tokenizer.eos_token_id).any(-1).tolist()
-        return [Rollout(t.strip(), f) for t, f in zip(texts, finished, strict=True)]
+        texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
+        lengths, ended = generated_lengths(new_tokens, tok.eos_token_id, tok.pad_token_id)
+        rollouts = []
+        for text, length, eos in zip(texts, lengths, ended, strict=True):
+            text, stopped = cut_at_stop(text, sampling.stop_strings)
+            rollouts.append(Rollout(text.strip(), eos or stopped, length))
+        return rollouts
 
     def generate(
         self,
@@ -312,9 +357,10 @@ class AugDPOModule(pl.LightningModule):
         questions: list[str],
         max_new_tokens: int = 64,
         use_reference: bool = True,
+        sampling: Sampling | None = None,
     ) -> list[str]:
         """The answer texts of :meth:`rollout`."""
-        rollouts = self.rollout(pixel_values, questions, max_new_tokens, use_reference)
+        rollouts = self.rollout(pixel_values, questions, max_new_tokens, use_reference, sampling)
         return [r.text for r in rollouts]
 
     def tokenize_pairs(
@@ -414,9 +460,10 @@ class AugDPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
         stats: PairStats = batch.meta["stats"]
-        counts = self.train_metrics.update_counts(stats.prompts, stats.kept, stats.identical)
-        for name, value in counts.items():
+        for name, value in self.train_metrics.update_counts(stats).items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        for reason, count in stats.dropped.items():  # this rank's counts: reasons vary by rank
+            self.log(f"train/pairs/dropped/{reason}", float(count), on_step=True, on_epoch=False)
         strength = batch.meta.get("augment_strength")
         if strength is not None:  # the same on every rank (adaptive strength syncs its counts)
             self.log("train/augment/strength", float(strength), on_step=True, on_epoch=False)

@@ -56,20 +56,79 @@ class PreferenceBatch:
 
 @dataclass(frozen=True)
 class Rollout:
-    """One generated answer; ``finished`` is False when ``max_new_tokens`` cut it off."""
+    """One generated answer.
+
+    ``finished`` is False when ``max_new_tokens`` cut it off (True after EOS or a stop string);
+    ``num_tokens`` counts the tokens generated for it, up to and including EOS.
+    """
 
     text: str
     finished: bool
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How rollouts decode. The default is SeVa's: greedy, one answer per image.
+
+    Args:
+        do_sample: sample instead of greedy decoding.
+        temperature: softmax temperature when sampling (> 0).
+        top_p: nucleus sampling mass when sampling, in (0, 1].
+        num_samples: answers per (prompt, image): sample ``k`` of the clean image is paired with
+            sample ``k`` of the augmented one, so a prompt yields up to ``num_samples`` pairs.
+            More than one needs ``do_sample`` (greedy answers would all be the same).
+        stop_strings: generation of a row ends at the first of these strings (as at EOS); the
+            answer is cut before it and counts as finished.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_samples: int = 1
+    stop_strings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.num_samples < 1:
+            raise ValueError(f"sampling.num_samples must be >= 1, got {self.num_samples}")
+        if self.num_samples > 1 and not self.do_sample:
+            raise ValueError(
+                f"sampling.num_samples={self.num_samples} with greedy decoding gives identical "
+                "answers; set sampling.do_sample: true or num_samples: 1"
+            )
+        if any(not s for s in self.stop_strings):
+            raise ValueError("sampling.stop_strings may not contain an empty string")
 
 
 @dataclass
 class PairStats:
-    """Counts of one pair-making step, carried in ``PreferenceBatch.meta['stats']``."""
+    """Counts of one pair-making step, carried in ``PreferenceBatch.meta['stats']``.
+
+    ``prompts`` prompts gave ``candidates`` pairs (``num_samples`` each), of which ``kept``
+    passed the filters; ``identical`` had the same answer on both images (whether or not that
+    drops them) and ``dropped`` counts each filter's reason. The rollout fields cover all
+    ``2 * candidates`` answers: tokens generated, answers finished by EOS or a stop string, and
+    the wall time of the ``generate`` call. Offline pairs (read from a file) have no rollouts.
+    """
 
     prompts: int
     kept: int
     identical: int
+    candidates: int = -1  # -1: as many as prompts
+    dropped: dict[str, int] = field(default_factory=dict)
+    chosen_tokens: int = 0
+    rejected_tokens: int = 0
+    finished: int = 0
+    rollout_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.candidates < 0:
+            self.candidates = self.prompts
 
     @property
     def identical_rate(self) -> float:
-        return self.identical / self.prompts if self.prompts else 0.0
+        return self.identical / self.candidates if self.candidates else 0.0

@@ -122,7 +122,7 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     assert list(answers) == [f"v1_{i}" for i in range(24)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["prompts"] == 32
-    assert summary["pairs_kept"] + summary["pairs_dropped_identical"] == 32
+    assert summary["pairs_kept"] + summary["pairs_identical"] == 32
     assert 0.0 <= summary["final_epoch_reward_accuracy"] <= 1.0
     assert "mmvet/total" in summary
     assert "run summary" in capsys.readouterr().out
@@ -137,7 +137,8 @@ def test_predict_writes_a_pairs_file(demo_cwd: Path, demo_assets) -> None:
     processor = AutoImageProcessor.from_pretrained(demo_assets["model"])
     preprocessor = ImagePreprocessor.from_image_processor(processor)
     for row in rows:
-        assert set(row) == {"id", "image", "prompt", "chosen", "rejected", "augmentation"}
+        assert set(row) == {"id", "image", "prompt", "chosen", "rejected", "augmentation",
+                            "chosen_finished", "rejected_finished"}  # fmt: skip
         assert row["chosen"] != row["rejected"]
         image = demo_assets["prompts"].parent / "images" / row["image"]
         assert image.is_file()

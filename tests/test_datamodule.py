@@ -78,7 +78,9 @@ def test_keeping_identical_pairs_when_asked(make_module, demo_assets) -> None:
     module = make_module()
     dm = datamodule(demo_assets, augmentation=no_augmentation(), drop_identical=False)
     batch = dm.make_pairs(prompt_batch(3), module)
-    assert len(batch) == 3 and batch.meta["stats"].identical == 0
+    stats = batch.meta["stats"]
+    # identical answers are still counted (the identical rate is a measurement), not dropped
+    assert len(batch) == 3 and stats.identical == 3 and stats.kept == 3 and not stats.dropped
 
 
 def test_setup_splits_prompts_reproducibly(demo_assets) -> None:

@@ -39,7 +39,7 @@ def test_ddp_fit_completes_with_rank0_callbacks(demo_cwd: Path) -> None:
     run = demo_cwd / "runs" / "demo" / "version_0"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["prompts"] == 16  # both ranks' shards, counted once each
-    assert summary["pairs_kept"] + summary["pairs_dropped_identical"] == 16
+    assert summary["pairs_kept"] + summary["pairs_identical"] == 16
     assert (run / "gallery.html").is_file() and (run / "adapter" / "adapter_config.json").is_file()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_aug_dpo.losses import PreferenceLossOutput
+from lightning_aug_dpo.types import PairStats
 from lightning_aug_dpo.metrics import (
     PAIR_KEYS,
     PREFERENCE_KEYS,
@@ -44,11 +45,11 @@ def test_compute_weights_by_element_count():
 
 def test_update_counts_step_values_and_run_totals():
     metrics = PreferenceMetrics()
-    step = metrics.update_counts(prompts=8, kept=6, identical=2)
+    step = metrics.update_counts(PairStats(prompts=8, kept=6, identical=2))
     assert set(step) == {"pairs/kept", "pairs/identical_rate"}
     assert step["pairs/kept"].item() == 6
     assert step["pairs/identical_rate"].item() == pytest.approx(0.25)
-    step = metrics.update_counts(prompts=4, kept=4, identical=0)
+    step = metrics.update_counts(PairStats(prompts=4, kept=4, identical=0))
     assert step["pairs/kept"].item() == 4
     assert step["pairs/identical_rate"].item() == 0.0
     result = metrics.compute()
@@ -58,7 +59,7 @@ def test_update_counts_step_values_and_run_totals():
 
 
 def test_update_counts_empty_batch_rate_is_zero():
-    step = PreferenceMetrics().update_counts(prompts=0, kept=0, identical=0)
+    step = PreferenceMetrics().update_counts(PairStats(prompts=0, kept=0, identical=0))
     assert step["pairs/identical_rate"].item() == 0.0
     assert step["pairs/kept"].item() == 0.0
 
@@ -66,7 +67,7 @@ def test_update_counts_empty_batch_rate_is_zero():
 def test_reset_means_keeps_counts():
     metrics = PreferenceMetrics()
     metrics.update({"loss": _t([1.0, 3.0])})
-    metrics.update_counts(prompts=5, kept=3, identical=2)
+    metrics.update_counts(PairStats(prompts=5, kept=3, identical=2))
     metrics.reset_means()
     result = metrics.compute()
     assert not set(PREFERENCE_KEYS) & set(result)
@@ -74,7 +75,7 @@ def test_reset_means_keeps_counts():
     assert result["pairs/kept"] == 3.0
     assert result["pairs/identical"] == 2.0
     metrics.update({"loss": _t([10.0])})
-    metrics.update_counts(prompts=1, kept=1, identical=0)
+    metrics.update_counts(PairStats(prompts=1, kept=1, identical=0))
     result = metrics.compute()
     assert result["loss"] == pytest.approx(10.0)  # the earlier values are gone
     assert result["pairs/prompts"] == 6.0 and result["pairs/kept"] == 4.0
@@ -106,3 +107,24 @@ def test_preference_values_and_strict_accuracy():
     assert step["lengths/rejected"].item() == pytest.approx(7.0)
     assert step["logps/chosen"].item() == pytest.approx(-11.0)
     assert step["logits/rejected"].item() == pytest.approx(5.0)
+
+
+def test_update_counts_rollout_rates():
+    stats = PairStats(
+        prompts=2,
+        kept=3,
+        identical=1,
+        candidates=4,
+        chosen_tokens=20,
+        rejected_tokens=12,
+        finished=6,
+        rollout_seconds=0.5,
+    )
+    step = PreferenceMetrics().update_counts(stats)
+    assert step["pairs/identical_rate"].item() == pytest.approx(1 / 4)
+    assert step["rollout/eos_rate"].item() == pytest.approx(6 / 8)
+    assert step["rollout/chosen_tokens"].item() == pytest.approx(5.0)
+    assert step["rollout/rejected_tokens"].item() == pytest.approx(3.0)
+    assert step["rollout/tokens_per_s"].item() == pytest.approx(64.0)
+    # offline pairs (no rollout time) log no rollout values
+    assert "rollout/eos_rate" not in PreferenceMetrics().update_counts(PairStats(2, 2, 0))

@@ -1,39 +1,81 @@
-"""Offline mode: ``lightning-aug-dpo predict`` writes the rollout pairs to a JSONL file."""
+"""Offline mode: ``lightning-aug-dpo predict`` writes the rollout pairs to a JSONL file.
+
+Next to the pairs file ``P`` the writer keeps ``P.done``: the ids of the prompts whose pairs are
+all written, one per line, appended after each batch's rows. It is the commit record that makes
+a rerun resume: rows of a prompt missing from ``P.done`` (a batch cut off by a kill) are dropped
+and that prompt is rolled out again, with the same seed and therefore the same pairs; prompts
+listed there are not rolled out again, including those whose pairs were all filtered out.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightning_aug_dpo.data.rollouts import prompt_id_of
+
+log = logging.getLogger(__name__)
+
 
 class PairsWriter(BasePredictionWriter):
     """Append each kept pair as one JSON line: id, image, prompt, chosen, rejected, augmentation.
 
-    Under DDP each rank writes its own shard (``.rankN`` inserted before the suffix); at the end
-    rank 0 merges the shards into ``output_path``, dropping the rows Lightning's distributed
-    sampler duplicated to even out the ranks (same id), and removes the shards.
+    Under DDP each rank appends to its own shard (``.rankN`` inserted before the suffix); at the
+    end rank 0 merges the shards into ``output_path``, dropping the rows Lightning's distributed
+    sampler duplicated to even out the ranks (same id), and removes them.
+
+    A rerun with ``resume: true`` (the default) keeps what was written, merges the shards of an
+    interrupted DDP run, and tells the DataModule (``skip_prompt_ids``) which prompts are done.
+    ``resume: false`` starts a fresh file.
 
     Args:
         output_path: the JSONL file.
+        resume: continue an existing file instead of overwriting it.
     """
 
-    def __init__(self, output_path: str) -> None:
+    def __init__(self, output_path: str, resume: bool = True) -> None:
         super().__init__(write_interval="batch")
         self.output_path = Path(output_path)
+        self.resume = resume
+        self.resumed_prompts = 0  # prompts found done at the start of this run
 
     def _path(self, trainer: pl.Trainer) -> Path:
         if trainer.world_size == 1:
             return self.output_path
         return self.output_path.with_suffix(f".rank{trainer.global_rank}{self.output_path.suffix}")
 
+    def _shards(self) -> list[Path]:
+        pattern = f"{self.output_path.stem}.rank*{self.output_path.suffix}"
+        return sorted(self.output_path.parent.glob(pattern))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if trainer.is_global_zero:
+            self.output_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                merge_shards([self.output_path, *self._shards()], self.output_path)
+            else:
+                for path in [self.output_path, *self._shards()]:
+                    path.unlink(missing_ok=True)
+                    done_path(path).unlink(missing_ok=True)
+        trainer.strategy.barrier("pairs_writer_setup")
+        done = read_done(self.output_path)
+        self.resumed_prompts = len(done)
+        if done and trainer.is_global_zero:
+            log.info("%s: resuming, %d prompts already done", self.output_path, len(done))
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "skip_prompt_ids"):
+            datamodule.skip_prompt_ids = done
+
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = self._path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")  # a fresh file per run; rows are appended batch by batch
+        self._path(trainer).parent.mkdir(parents=True, exist_ok=True)
 
     def write_on_batch_end(
         self,
@@ -45,34 +87,85 @@ class PairsWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        with self._path(trainer).open("a", encoding="utf-8") as f:
-            for row in prediction:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        path = self._path(trainer)
+        rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prediction)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        prompt_ids = getattr(batch, "meta", {}).get("prompt_ids", [])
+        with done_path(path).open("a", encoding="utf-8") as f:
+            f.write("".join(f"{prompt_id}\n" for prompt_id in prompt_ids))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size == 1:
             return
         trainer.strategy.barrier("pairs_writer_merge")  # every shard is complete
         if trainer.is_global_zero:
-            shards = [
-                self.output_path.with_suffix(f".rank{rank}{self.output_path.suffix}")
-                for rank in range(trainer.world_size)
-            ]
-            merge_shards(shards, self.output_path)
+            merge_shards([self.output_path, *self._shards()], self.output_path)
         trainer.strategy.barrier("pairs_writer_merged")
 
 
+def done_path(path: Path) -> Path:
+    """The commit record beside a pairs file: ``pairs.jsonl`` -> ``pairs.jsonl.done``."""
+    return path.with_name(path.name + ".done")
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The lines of ``path`` that a writer finished (a kill can cut off only the last one)."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line.strip()]  # after the last "\n": unfinished
+
+
+def read_done(path: Path) -> set[str]:
+    """Prompt ids committed for the pairs file ``path``."""
+    return set(_complete_lines(done_path(path)))
+
+
+def _atomic_write(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def merge_shards(shards: list[Path], output_path: Path) -> int:
-    """Concatenate JSONL shards into ``output_path``, first occurrence of each id wins; the
-    shards are removed. Returns the number of rows written."""
+    """Merge pairs files into ``output_path`` (which may be one of them) with their commit
+    records: rows of uncommitted prompts are dropped, the first occurrence of each id wins, and
+    every input other than ``output_path`` is removed. Returns the number of rows written."""
+    done: list[str] = []
+    committed: set[str] = set()
+    for shard in shards:
+        if shard.is_file() and not done_path(shard).exists():
+            # A file from elsewhere (or an older version) without a record: all of it counts.
+            ids = [prompt_id_of(json.loads(line)) for line in _complete_lines(shard)]
+        else:
+            ids = _complete_lines(done_path(shard))
+        for prompt_id in ids:
+            if prompt_id not in committed:
+                committed.add(prompt_id)
+                done.append(prompt_id)
     seen: set[str] = set()
-    rows = []
+    rows: list[str] = []
     for shard in shards:
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            if line.strip() and (row_id := json.loads(line)["id"]) not in seen:
-                seen.add(row_id)
+        for number, line in enumerate(_complete_lines(shard), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{shard}: line {number} is not valid JSON ({err.msg}); the file was edited "
+                    "or damaged: fix or remove the line, or rerun predict with resume: false"
+                ) from err
+            if row["id"] not in seen and prompt_id_of(row) in committed:
+                seen.add(row["id"])
                 rows.append(line)
-    output_path.write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
+    if shards and (output_path.exists() or any(s.exists() for s in shards)):
+        _atomic_write(output_path, rows)
+        _atomic_write(done_path(output_path), done)
     for shard in shards:
-        shard.unlink()
+        if shard != output_path:
+            shard.unlink(missing_ok=True)
+            done_path(shard).unlink(missing_ok=True)
     return len(rows)

@@ -18,13 +18,21 @@ class RunSummary(Callback):
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
         stats = pl_module.train_metrics.compute()
         prompts = stats.get("pairs/prompts", 0.0)
+        candidates = stats.get("pairs/candidates", 0.0)
+        seconds = stats.get("pairs/rollout_seconds", 0.0)
+        tokens = stats.get("pairs/chosen_tokens", 0.0) + stats.get("pairs/rejected_tokens", 0.0)
         out: dict[str, object] = {
             "run_dir": str(run_dir(trainer)),
             "optimizer_steps": trainer.global_step,
             "prompts": int(prompts),
+            "candidate_pairs": int(candidates),
             "pairs_kept": int(stats.get("pairs/kept", 0.0)),
-            "pairs_dropped_identical": int(stats.get("pairs/identical", 0.0)),
-            "identical_rate": stats.get("pairs/identical", 0.0) / prompts if prompts else 0.0,
+            "pairs_identical": int(stats.get("pairs/identical", 0.0)),
+            "identical_rate": stats.get("pairs/identical", 0.0) / candidates if candidates else 0.0,
+            "rollout_eos_rate": stats.get("pairs/finished", 0.0) / (2 * candidates)
+            if candidates and seconds
+            else None,
+            "rollout_tokens_per_s": tokens / seconds if seconds else None,
             "final_epoch_loss": stats.get("loss"),
             "final_epoch_reward_accuracy": stats.get("rewards/accuracies"),
             "final_epoch_reward_margin": stats.get("rewards/margins"),

@@ -4,9 +4,16 @@ CPU workers only decode images. After transfer, ``on_after_batch_transfer`` (on 
 
 1. preprocess with the model's own settings (pad to square, resize, normalise);
 2. augment a copy (diffusion noise by default) from per-sample seeds, recorded for replay;
-3. roll out greedy answers on the clean image (chosen) and the augmented one (rejected);
-4. drop pairs whose answers are identical (no signal), count them;
+3. roll out answers on the clean image (chosen) and the augmented one (rejected) in ONE
+   ``generate`` call (greedy by default; ``sampling`` for temperature, top-p, several samples);
+4. filter: drop pairs whose answers are identical (SeVa) and whatever ``filters`` reject;
 5. tokenise through the module and emit a :class:`PreferenceBatch`.
+
+With ``pairs_path`` the pairs come from a file instead (this project's ``predict`` output,
+SeVa's step-3 pairs or TRL rows): steps 2-4 are skipped, augmentation records are replayed.
+
+Training resumes mid-epoch: the sampler's order depends only on ``(seed, epoch)`` and the
+checkpoint records how many batches of the epoch were trained on (:mod:`.sampler`).
 
 Unreadable images and malformed prompt rows follow ``on_bad_image``: ``error`` stops naming the
 file, the row and the reason; ``skip`` drops them, warns once per file and, through the
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -33,8 +41,12 @@ from lightning_aug_dpo.augment import (
     DiffusionNoise,
     KorniaAugmentation,
     Preset,
+    replay,
 )
+from lightning_aug_dpo.callbacks.bad_images import BadImageSummary
+from lightning_aug_dpo.data.filters import IdenticalFilter, PairFilter
 from lightning_aug_dpo.data.images import DEFAULT_MAX_PIXELS
+from lightning_aug_dpo.data.pairs import Pair, PairBatch, collate_pairs, load_pairs, repeat_pairs
 from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
@@ -42,9 +54,13 @@ from lightning_aug_dpo.data.prompts import (
     load_prompts,
     split_prompts,
 )
-from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+from lightning_aug_dpo.data.rollouts import pair_id, roll_out, select_pairs
+from lightning_aug_dpo.data.sampler import ResumableSampler
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch, Sampling
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AugPairDataModule", "BadImageSummary", "as_augmentation", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -59,12 +75,17 @@ class AugPairDataModule(pl.LightningDataModule):
 
     Args:
         data_path: LLaVA-665k-format JSON (list of ``{id, image, conversations}``) or a JSONL
-            prompt list (``{image, text}`` per line, as SeVa's prompt files).
+            prompt list (``{image, text}`` per line, as SeVa's prompt files). Not needed with
+            ``pairs_path``.
         image_folder: folder the rows' ``image`` paths are relative to.
-        num_prompts: training prompts sampled with ``seed`` (``null``: all).
-        num_val_prompts: held-out prompts for ``validate``/``test`` (0: none).
-        seed: seed of prompt sampling, shuffling and augmentation.
-        batch_size: prompts per step (pairs per step is this minus dropped identical ones).
+        pairs_path: train on the pairs of this file instead of rolling out (this project's
+            ``predict`` output, SeVa's step-3 pairs or TRL rows; see ``data/pairs.py``).
+        pairs_repeat: with ``pairs_path``, each pair appears this often per epoch (SeVa: 2).
+        num_prompts: training prompts (or pairs) sampled with ``seed`` (``null``: all).
+        num_val_prompts: held-out prompts (or pairs) for ``validate``/``test`` (0: none).
+        seed: seed of prompt sampling, shuffling, augmentation and sampled rollouts.
+        batch_size: prompts per step (pairs per step is this times ``sampling.num_samples``
+            minus the filtered ones).
         num_workers: DataLoader worker processes decoding images.
         augmentation: what makes the rejected image: an :class:`Augmentation` (``DiffusionNoise``,
             ``Preset``, ``KorniaAugmentation``), a preset name (``moco``), or any Kornia
@@ -74,7 +95,13 @@ class AugPairDataModule(pl.LightningDataModule):
         max_new_tokens: rollout length (SeVa: 512).
         rollout_model: ``reference`` (adapters off: the initial model, as in SeVa) or
             ``policy`` (the current policy: on-policy pairs).
-        drop_identical: drop pairs whose two answers are the same string.
+        sampling: decoding of rollouts: greedy (default, SeVa) or sampled (``do_sample``,
+            ``temperature``, ``top_p``, ``num_samples`` per prompt), and ``stop_strings``.
+        drop_identical: drop pairs whose two answers are the same string (SeVa's filter).
+        filters: further pair filters, applied in order after the identical one (e.g.
+            ``IdenticalFilter`` with ``normalize: true``, ``LengthFilter``,
+            ``SimilarityFilter`` from ``lightning_aug_dpo.data.filters``, or your own class
+            with ``__call__(chosen, rejected) -> reason | None``); each reason is counted.
         on_bad_image: what an unreadable image (missing, empty, truncated, not an image, too
             large) or a malformed prompt row does: ``error`` stops with the file, the row and
             the reason; ``skip`` drops it, warns once per file or row, and logs a summary of
@@ -85,8 +112,10 @@ class AugPairDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        data_path: str,
-        image_folder: str,
+        data_path: str | None = None,
+        image_folder: str = ".",
+        pairs_path: str | None = None,
+        pairs_repeat: int = 1,
         num_prompts: int | None = None,
         num_val_prompts: int = 0,
         seed: int = 42,
@@ -96,77 +125,137 @@ class AugPairDataModule(pl.LightningDataModule):
         adaptive_strength: AdaptiveStrength | None = None,
         max_new_tokens: int = 64,
         rollout_model: Literal["reference", "policy"] = "reference",
+        sampling: Sampling | None = None,
         drop_identical: bool = True,
+        filters: list[PairFilter] | None = None,
         on_bad_image: Literal["skip", "error"] = "error",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["augmentation", "adaptive_strength"])
+        if (data_path is None) == (pairs_path is None):
+            raise ValueError(
+                "set exactly one of data.data_path (prompts to roll out) and data.pairs_path "
+                f"(pairs to train on), got data_path={data_path!r}, pairs_path={pairs_path!r}"
+            )
+        if pairs_repeat < 1:
+            raise ValueError(f"data.pairs_repeat must be >= 1, got {pairs_repeat}")
+        self.save_hyperparameters(ignore=["augmentation", "adaptive_strength", "filters"])
         self.augmentation = as_augmentation(augmentation)
         self.adaptive_strength = adaptive_strength
         if adaptive_strength is not None:
             self.augmentation.strength  # noqa: B018 - fails early for augmentations without one
-        self.train_prompts: list[Prompt] = []
-        self.val_prompts: list[Prompt] = []
+        self.sampling = sampling or Sampling()
+        self.filters: list[PairFilter] = [IdenticalFilter()] if drop_identical else []
+        self.filters += list(filters or [])
+        self.train_prompts: list[Prompt] | list[Pair] = []
+        self.val_prompts: list[Prompt] | list[Pair] = []
         self.skipped_text_only = 0
         self.bad_rows: list[tuple[int, str]] = []  # (row or line number, reason), skip mode
         self.bad_images: dict[str, str] = {}  # path -> reason, skipped since the last summary
         self._warned_images: set[str] = set()  # each bad file is warned about once per run
+        self.skip_prompt_ids: set[str] = set()  # predict: prompts whose pairs are written
+        self._resume: dict[str, int] | None = None  # fit: where the checkpointed epoch stood
 
+    # ------------------------------------------------------------------ prompts and loaders
     def setup(self, stage: str) -> None:
         self._attach_summary()
         if self.train_prompts:
             return
-        source = load_prompts(self.hparams.data_path, on_bad_row=self.hparams.on_bad_image)
-        self.skipped_text_only = source.skipped_text_only
-        self.bad_rows = source.bad_rows
-        if source.bad_rows:
-            listed = "; ".join(f"{n}: {reason}" for n, reason in source.bad_rows)
-            unit = "lines" if str(self.hparams.data_path).endswith(".jsonl") else "rows"
+        path = self.hparams.pairs_path or self.hparams.data_path
+        if self.hparams.pairs_path:
+            source = load_pairs(path, on_bad_row=self.hparams.on_bad_image)
+            rows, self.bad_rows = source.pairs, source.skipped
+        else:
+            prompts = load_prompts(path, on_bad_row=self.hparams.on_bad_image)
+            rows, self.bad_rows = prompts.prompts, prompts.bad_rows
+            self.skipped_text_only = prompts.skipped_text_only
+        if self.bad_rows:
+            listed = "; ".join(f"{n}: {reason}" for n, reason in self.bad_rows)
+            unit = "lines" if str(path).endswith(".jsonl") else "rows"
             log.warning(
                 "%s: skipped %d malformed %s (on_bad_image=skip): %s",
-                self.hparams.data_path,
-                len(source.bad_rows),
+                path,
+                len(self.bad_rows),
                 unit,
                 listed,
             )
-        self.train_prompts, self.val_prompts = split_prompts(
-            source.prompts,
-            self.hparams.num_prompts,
-            self.hparams.num_val_prompts,
-            self.hparams.seed,
+        train, self.val_prompts = split_prompts(
+            rows, self.hparams.num_prompts, self.hparams.num_val_prompts, self.hparams.seed
+        )
+        if self.hparams.pairs_path:
+            train = repeat_pairs(train, self.hparams.pairs_repeat)
+        self.train_prompts = train
+
+    @property
+    def batch_size(self) -> int:
+        return self.hparams.batch_size
+
+    def _dataset(self, rows: Sequence[Prompt | Pair], indices: list[int] | None = None):
+        return PromptDataset(
+            rows,
+            self.hparams.image_folder,
+            on_bad_image=self.hparams.on_bad_image,
+            max_pixels=self.hparams.max_image_pixels,
+            indices=indices,
         )
 
-    def _loader(self, prompts: list[Prompt], shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PromptDataset, sampler: ResumableSampler) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
-            PromptDataset(
-                prompts,
-                self.hparams.image_folder,
-                on_bad_image=self.hparams.on_bad_image,
-                max_pixels=self.hparams.max_image_pixels,
-            ),
+            dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
-            collate_fn=collate_prompts,
+            collate_fn=collate_pairs if self.hparams.pairs_path else collate_prompts,
         )
 
+    def _sampler(self, dataset: PromptDataset, shuffle: bool) -> ResumableSampler:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return ResumableSampler(dataset, self.hparams.seed, shuffle, num_replicas=world, rank=rank)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_prompts, shuffle=True)
+        dataset = self._dataset(self.train_prompts)
+        sampler = self._sampler(dataset, shuffle=True)
+        if self._resume is not None:  # restored from a checkpoint
+            epoch, consumed = self._resume["epoch"], self._resume["batches"] * self.batch_size
+            if consumed < len(sampler):
+                sampler.resume_at(epoch, consumed)  # mid-epoch: continue after those batches
+            else:
+                sampler.set_epoch(epoch + 1)  # the epoch was complete: the next one starts
+            self._resume = None
+        return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_prompts, shuffle=False) if self.val_prompts else []
+        if not self.val_prompts:
+            return []
+        dataset = self._dataset(self.val_prompts)
+        return self._loader(dataset, self._sampler(dataset, shuffle=False))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.train_prompts, shuffle=False)
+        """The training prompts in order, less ``skip_prompt_ids`` (set by ``PairsWriter`` to
+        the prompts a previous run already wrote); each keeps its index, hence its seeds."""
+        kept = [
+            (i, p) for i, p in enumerate(self.train_prompts) if p.id not in self.skip_prompt_ids
+        ]
+        dataset = self._dataset([p for _, p in kept], indices=[i for i, _ in kept])
+        # Lightning shards predict loaders itself (without padding) under DDP.
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate_pairs if self.hparams.pairs_path else collate_prompts,
+        )
 
+    # ------------------------------------------------------------------ pair making
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, PairBatch):
+            return self.pairs_from_file(batch, self.trainer.lightning_module)
         if isinstance(batch, PromptBatch):
             trainer = self.trainer
             adapt = trainer.training or trainer.predicting
@@ -189,56 +278,114 @@ class AugPairDataModule(pl.LightningDataModule):
         if len(batch) == 0:
             return self._empty_pairs(module, adapt, skipped)
         clean = module.preprocess_images(batch.images)
-        seeds = [sample_seed(self.hparams.seed, epoch, i) for i in batch.indices]
+        seed = self.hparams.seed
         self.augmentation.to(clean.device)
         preprocessor = module.preprocessor
         self.augmentation.set_normalization(preprocessor.mean.flatten(), preprocessor.std.flatten())
         strength = self._strength()
-        augmented, records = self.augmentation(clean, seeds)
+        augmented, records = self.augmentation(
+            clean, [sample_seed(seed, epoch, i) for i in batch.indices]
+        )
 
-        use_reference = self.hparams.rollout_model == "reference"
-        new_tokens = self.hparams.max_new_tokens
-        chosen = module.rollout(clean, batch.questions, new_tokens, use_reference)
-        rejected = module.rollout(augmented, batch.questions, new_tokens, use_reference)
-
-        keep = [
-            i
-            for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
-            if not (self.hparams.drop_identical and c.text == r.text)
-        ]
-        stats = PairStats(prompts=len(batch), kept=len(keep), identical=len(batch) - len(keep))
-        rows = [
-            {
-                "id": batch.ids[i],
+        rollouts = roll_out(
+            module,
+            clean,
+            augmented,
+            batch.questions,
+            self.hparams.max_new_tokens,
+            use_reference=self.hparams.rollout_model == "reference",
+            sampling=self.sampling,
+            seed=sample_seed(seed, epoch, -1 - batch.indices[0]),  # not any sample's seed
+        )
+        keep, stats = select_pairs(rollouts, self.filters, prompts=len(batch))
+        k = rollouts.num_samples
+        rows = []
+        for j in keep:
+            i = rollouts.prompt_of(j)
+            row = {
+                "id": pair_id(batch.ids[i], j % k, k),
                 "image": batch.image_paths[i],
                 "prompt": batch.questions[i],
-                "chosen": chosen[i].text,
-                "rejected": rejected[i].text,
+                "chosen": rollouts.chosen[j].text,
+                "rejected": rollouts.rejected[j].text,
                 "augmentation": records[i],
+                "chosen_finished": rollouts.chosen[j].finished,
+                "rejected_finished": rollouts.rejected[j].finished,
             }
-            for i in keep
-        ]
+            rows.append(row | ({"sample": j % k} if k > 1 else {}))
         if adapt and self.adaptive_strength is not None:
             self._adapt(stats)
         tokens = module.tokenize_pairs(
             [r["prompt"] for r in rows],
             [r["chosen"] for r in rows],
             [r["rejected"] for r in rows],
-            chosen_finished=[chosen[i].finished for i in keep],
-            rejected_finished=[rejected[i].finished for i in keep],
+            chosen_finished=[r["chosen_finished"] for r in rows],
+            rejected_finished=[r["rejected_finished"] for r in rows],
         )
-        index = torch.tensor(keep, dtype=torch.long, device=clean.device)
+        index = torch.tensor(
+            [rollouts.prompt_of(j) for j in keep], dtype=torch.long, device=clean.device
+        )
         return PreferenceBatch(
             pixel_values=clean.index_select(0, index),
             aug_pixel_values=augmented.index_select(0, index),
-            meta=self._meta(stats, rows, strength, skipped),
+            meta=self._meta(stats, rows, strength, skipped, batch.ids),
             **tokens,
         )
 
+    @torch.no_grad()
+    def pairs_from_file(self, batch: PairBatch, module: Any) -> PreferenceBatch:
+        """A :class:`PreferenceBatch` of pairs read from ``pairs_path``: no rollouts.
+
+        The augmented image is replayed from the rows' augmentation records when every row has
+        one (this project's files); otherwise (SeVa, TRL files) ``aug_pixel_values`` is None.
+        """
+        skipped = self._record_bad_images(batch.skipped)
+        if len(batch) == 0:
+            return self._empty_pairs(module, False, skipped)
+        clean = module.preprocess_images(batch.images)
+        augmented = None
+        if all(record is not None for record in batch.augmentations):
+            augmented = torch.stack(
+                [replay(r, image) for r, image in zip(batch.augmentations, clean, strict=True)]
+            )
+        keys = ("id", "image", "prompt", "chosen", "rejected", "augmentation")
+        keys += ("chosen_finished", "rejected_finished")
+        columns = (batch.ids, batch.image_paths, batch.questions, batch.chosen, batch.rejected)
+        columns += (batch.augmentations, batch.chosen_finished, batch.rejected_finished)
+        rows = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+        n = len(batch)
+        return PreferenceBatch(
+            pixel_values=clean,
+            aug_pixel_values=augmented,
+            meta=self._meta(
+                PairStats(prompts=n, kept=n, identical=0), rows, None, skipped, batch.ids
+            ),
+            **module.tokenize_pairs(
+                batch.questions,
+                batch.chosen,
+                batch.rejected,
+                chosen_finished=batch.chosen_finished,
+                rejected_finished=batch.rejected_finished,
+            ),
+        )
+
     def _meta(
-        self, stats: PairStats, rows: list[dict], strength: float | None, skipped: int
+        self,
+        stats: PairStats,
+        rows: list[dict],
+        strength: float | None,
+        skipped: int,
+        prompt_ids: list[str] | None = None,
     ) -> dict[str, Any]:
-        return {"stats": stats, "rows": rows, "augment_strength": strength, "bad_images": skipped}
+        """``PreferenceBatch.meta``: statistics, written rows, the strength used, the count of
+        skipped images and the ids of the prompts the batch covered (done, even if filtered)."""
+        return {
+            "stats": stats,
+            "rows": rows,
+            "augment_strength": strength,
+            "bad_images": skipped,
+            "prompt_ids": list(prompt_ids or []),
+        }
 
     # ------------------------------------------------------------------ bad images
     def _empty_pairs(self, module: Any, adapt: bool, skipped: int) -> PreferenceBatch:
@@ -291,7 +438,7 @@ class AugPairDataModule(pl.LightningDataModule):
 
     def _adapt(self, stats: PairStats) -> None:
         """Feed the controller this step's counts, summed over ranks so all ranks agree."""
-        counts = torch.tensor([stats.prompts, stats.identical], dtype=torch.long)
+        counts = torch.tensor([stats.candidates, stats.identical], dtype=torch.long)
         if dist.is_available() and dist.is_initialized():
             counts = counts.to(self.trainer.strategy.root_device)
             dist.all_reduce(counts)
@@ -301,48 +448,26 @@ class AugPairDataModule(pl.LightningDataModule):
         self.augmentation.strength = self.adaptive_strength.update(current, prompts, identical)
 
     def state_dict(self) -> dict[str, Any]:
-        # Checkpoints keep the adapted strength so that a resumed run continues where it was.
-        if self.adaptive_strength is None:
-            return {}
-        return {
-            "augment_strength": float(self.augmentation.strength),
-            "adaptive_strength": self.adaptive_strength.state_dict(),
-        }
+        """Where training stands in its epoch (for a mid-epoch resume) and, with
+        ``adaptive_strength``, the adapted strength, so a resumed run continues as it was."""
+        state: dict[str, Any] = {}
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            # Batches whose training step ran this epoch (a checkpoint written at the end of a
+            # batch counts that batch); the resumed epoch starts after them.
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["position"] = {"epoch": trainer.current_epoch, "batches": batches}
+        if self.adaptive_strength is not None:
+            state["augment_strength"] = float(self.augmentation.strength)
+            state["adaptive_strength"] = self.adaptive_strength.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "position" in state_dict:
+            self._resume = dict(state_dict["position"])
         if self.adaptive_strength is not None and "augment_strength" in state_dict:
             self.augmentation.strength = state_dict["augment_strength"]
             self.adaptive_strength.load_state_dict(state_dict["adaptive_strength"])
-
-
-class BadImageSummary(pl.Callback):
-    """Logs the datamodule's ``bad_image_summary()`` at the end of each epoch.
-
-    ``AugPairDataModule.setup`` adds one to the trainer; adding it to ``trainer.callbacks``
-    yourself works too (it is not added twice). During ``fit``, images skipped by validation
-    are reported with the training epoch they belong to. Each rank reports its own files.
-    """
-
-    def _report(self, trainer: pl.Trainer, what: str) -> None:
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, AugPairDataModule):
-            return
-        summary = datamodule.bad_image_summary()
-        if summary is not None:
-            log.warning("%s %d: %s", what, trainer.current_epoch, summary)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer, "epoch")
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn != "fit":  # during fit, the training epoch's summary has these
-            self._report(trainer, "validation epoch")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer, "test epoch")
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer, "predict epoch")
 
 
 def as_augmentation(augmentation: Augmentation | nn.Module | str) -> Augmentation:

@@ -3,7 +3,8 @@
 Three row formats are recognised, per file, from the first row that parses:
 
 - ``aug_dpo``: this project's JSONL as written by ``PairsWriter``:
-  ``{id, image, prompt, chosen, rejected, augmentation}``;
+  ``{id, image, prompt, chosen, rejected, augmentation, chosen_finished, rejected_finished}``
+  (the ``*_finished`` flags say whether the answer ended by itself; missing means true);
 - ``seva``: SeVa's step-3 pairs ``{chosen, reject, question, image_id}``, where ``image_id`` is
   the image file name, ``question`` may hold ``<image>`` and ``chosen``/``reject`` are strings or
   one-element lists (both occur in the authors' dumps);
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_aug_dpo.data.prompts import check_on_bad, clean_question
+import torch
+
+from lightning_aug_dpo.data.prompts import BadItem, PromptBatchWithSkips, check_on_bad, clean_question
 
 FORMATS = ("aug_dpo", "seva", "trl")
 _FIX = {
@@ -45,6 +48,15 @@ class Pair:
     chosen: str
     rejected: str
     augmentation: dict[str, Any] | None = None
+    # False when max_new_tokens cut the answer off (no EOS is trained after it)
+    chosen_finished: bool = True
+    rejected_finished: bool = True
+    location: str = field(default="", compare=False)  # "line 3": where errors point
+
+    @property
+    def question(self) -> str:
+        """The prompt text, under the name ``PromptDataset`` reads."""
+        return self.prompt
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,16 @@ def _parse(row: Any, fmt: str, default_id: str) -> Pair:
         chosen=chosen,
         rejected=rejected,
         augmentation=augmentation,
+        chosen_finished=_flag(row, "chosen_finished"),
+        rejected_finished=_flag(row, "rejected_finished"),
     )
+
+
+def _flag(row: dict[str, Any], key: str) -> bool:
+    value = row.get(key, True)  # files without the field: answers that ended by themselves
+    if not isinstance(value, bool):
+        raise BadRow(f"'{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _read_rows(path: Path) -> tuple[str, list[tuple[int, Any, str | None]]]:
@@ -214,7 +235,8 @@ def load_pairs(path: str | Path, on_bad_row: Literal["error", "skip"] = "error")
                     f"keys {sorted(row) if isinstance(row, dict) else type(row).__name__} "
                     "match no known pair format"
                 )
-            pairs.append(_parse(row, guess, f"{path.stem}:{number}"))
+            pair = _parse(row, guess, f"{path.stem}:{number}")
+            pairs.append(replace(pair, location=f"{unit} {number}"))
             fmt = guess  # the first row that parses fixes the file's format
         except BadRow as err:
             if on_bad_row == "skip":
@@ -239,3 +261,34 @@ def repeat_pairs(pairs: Sequence[Pair], times: int) -> list[Pair]:
     if times < 1:
         raise ValueError(f"times must be >= 1, got {times}")
     return list(pairs) * times
+
+
+@dataclass
+class PairBatch(PromptBatchWithSkips):
+    """A batch of pairs read from a file: the prompt batch plus the answers and records."""
+
+    chosen: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    augmentations: list[dict[str, Any] | None] = field(default_factory=list)
+    chosen_finished: list[bool] = field(default_factory=list)
+    rejected_finished: list[bool] = field(default_factory=list)
+
+
+def collate_pairs(items: list[tuple[Pair, int, torch.Tensor] | BadItem]) -> PairBatch:
+    """Batch the good items of a ``PromptDataset`` over pairs; unreadable images are listed in
+    ``skipped`` (as ``collate_prompts`` does)."""
+    good = [item for item in items if not isinstance(item, BadItem)]
+    pairs = [pair for pair, _, _ in good]
+    return PairBatch(
+        ids=[p.id for p in pairs],
+        indices=[i for _, i, _ in good],
+        image_paths=[p.image for p in pairs],
+        images=[image for _, _, image in good],
+        questions=[p.prompt for p in pairs],
+        skipped=[(item.path, item.reason) for item in items if isinstance(item, BadItem)],
+        chosen=[p.chosen for p in pairs],
+        rejected=[p.rejected for p in pairs],
+        augmentations=[p.augmentation for p in pairs],
+        chosen_finished=[p.chosen_finished for p in pairs],
+        rejected_finished=[p.rejected_finished for p in pairs],
+    )

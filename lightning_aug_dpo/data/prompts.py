@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -238,26 +239,33 @@ class PromptDataset(Dataset):
     ``on_bad_image``: ``"error"`` raises a ValueError naming the file, the prompt's id and row
     and the reason; ``"skip"`` returns a :class:`BadItem` that ``collate_prompts`` drops and
     reports. ``max_pixels`` rejects decompression-bomb-sized images (``None``: PIL's check only).
+    ``indices`` are the numbers items report as their index (default ``0..n-1``): a subset of
+    a prompt list keeps its items' original indices, and with them their augmentation seeds.
+    Any row type with ``id``, ``image`` and ``location`` works (``Pair`` s too).
     """
 
     def __init__(
         self,
-        prompts: list[Prompt],
+        prompts: Sequence[Prompt],
         image_folder: str | Path,
         on_bad_image: OnBad = "error",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        indices: Sequence[int] | None = None,
     ) -> None:
         check_on_bad(on_bad_image, "on_bad_image")
+        if indices is not None and len(indices) != len(prompts):
+            raise ValueError(f"got {len(indices)} indices for {len(prompts)} prompts")
         self.prompts = prompts
         self.image_folder = Path(image_folder)
         self.on_bad_image = on_bad_image
         self.max_pixels = max_pixels
+        self.indices = list(indices) if indices is not None else list(range(len(prompts)))
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, index: int) -> tuple[Prompt, int, torch.Tensor] | BadItem:
-        prompt = self.prompts[index]
+    def __getitem__(self, position: int) -> tuple[Prompt, int, torch.Tensor] | BadItem:
+        prompt, index = self.prompts[position], self.indices[position]
         path = self.image_folder / prompt.image
         try:
             image = load_image(path, self.max_pixels)

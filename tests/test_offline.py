@@ -1,0 +1,149 @@
+"""Offline pairs: ``predict`` with configs/demo_rollout.yaml writes a pairs file that a rerun
+resumes, and ``fit`` trains from such a file (and from SeVa's and TRL's), with x2 repetition."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_aug_dpo import AugPairDataModule
+from lightning_aug_dpo.callbacks.pairs_writer import done_path, merge_shards, read_done
+from lightning_aug_dpo.cli import cli_main
+from lightning_aug_dpo.data.pairs import PairBatch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROLLOUT = ["--config", str(CONFIGS / "demo_rollout.yaml"), "--data.init_args.num_prompts=24"]
+ROWS = {"id", "image", "prompt", "chosen", "rejected", "augmentation", "chosen_finished",
+        "rejected_finished"}  # fmt: skip
+
+
+@pytest.fixture
+def demo_cwd(demo_assets, tmp_path: Path, monkeypatch) -> Path:
+    (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def predict(*args: str) -> AugPairDataModule:
+    return cli_main(["predict", *ROLLOUT, *args]).datamodule
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_resumes_and_gives_the_same_pairs(demo_cwd: Path) -> None:
+    out = demo_cwd / "runs" / "demo_rollout" / "pairs.jsonl"
+    predict("--trainer.limit_predict_batches=1")  # an interrupted run: 1 batch of 3
+    first = rows_of(out)
+    assert len(read_done(out)) == 8 and 0 < len(first) <= 8
+    assert all(set(row) == ROWS for row in first)
+
+    data = predict()  # the rerun skips the 8 prompts already done
+    assert len(data.skip_prompt_ids) == 8
+    resumed = rows_of(out)
+    assert resumed[: len(first)] == first and len(read_done(out)) == 24
+
+    fresh = demo_cwd / "fresh.jsonl"
+    writer = {"class_path": "lightning_aug_dpo.PairsWriter",
+              "init_args": {"output_path": str(fresh), "resume": False}}  # fmt: skip
+    predict("--trainer.callbacks=[]", f"--trainer.callbacks+={json.dumps(writer)}")
+    key = {row["id"]: row for row in rows_of(fresh)}
+    assert {row["id"]: row for row in resumed} == key  # same seed, same pairs
+    assert len(resumed) == len(key)  # no duplicates
+
+    # the rerun with nothing left to do leaves the file as it is
+    predict()
+    assert rows_of(out) == resumed
+
+
+def test_a_torn_write_is_repaired_and_its_prompt_rolled_out_again(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(3)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "p3", "cho')
+    done_path(out).write_text("p0\np1\n")  # p2's rows were written, its commit was not
+    assert merge_shards([out], out) == 2
+    assert [r["id"] for r in rows_of(out)] == ["p0", "p1"]
+    assert read_done(out) == {"p0", "p1"}
+    # a shard from an interrupted DDP run is merged in (and removed); duplicate ids once
+    shard = tmp_path / "pairs.rank1.jsonl"
+    shard.write_text(json.dumps(rows[1]) + "\n" + json.dumps({"id": "q", "a": 1}) + "\n")
+    done_path(shard).write_text("p1\nq\n")
+    assert merge_shards([out, shard], out) == 3
+    assert [r["id"] for r in rows_of(out)] == ["p0", "p1", "q"]
+    assert not shard.exists() and not done_path(shard).exists()
+    # a damaged line in the middle is an error naming the file and line
+    out.write_text('{"id": "p0"}\nnot json\n{"id": "p1"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl: line 2 is not valid JSON"):
+        merge_shards([out], out)
+
+
+def test_fit_trains_from_a_predicted_pairs_file_with_repetition(demo_cwd: Path) -> None:
+    out = demo_cwd / "runs" / "demo_rollout" / "pairs.jsonl"
+    predict()
+    pairs = rows_of(out)
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.init_args.data_path=null",
+            f"--data.init_args.pairs_path={out}", "--data.init_args.pairs_repeat=2",
+            "--data.init_args.num_prompts=null", "--data.init_args.num_val_prompts=0",
+            "--trainer.max_epochs=1", "--trainer.callbacks=[]"]  # fmt: skip
+    cli = cli_main(args)
+    data = cli.datamodule
+    assert len(data.train_prompts) == 2 * len(pairs)
+    assert sorted(p.id for p in data.train_prompts) == sorted([r["id"] for r in pairs] * 2)
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        steps = [r for r in csv.DictReader(f) if r["train/loss"]]
+    assert len(steps) == -(-2 * len(pairs) // 8)  # every pair twice, batch 8
+    assert all(r["train/pairs/identical_rate"] == "0.0" for r in steps)  # no rollouts
+    assert "train/rollout/eos_rate" not in steps[0] or not steps[0]["train/rollout/eos_rate"]
+
+
+def test_pairs_from_file_replay_the_augmented_image(make_module, demo_assets, tmp_path) -> None:
+    """A pair written by predict becomes the same PreferenceBatch when read back (the
+    augmented image replayed from its record); SeVa rows have no augmented image."""
+    from test_datamodule import datamodule, prompt_batch
+
+    module = make_module()
+    online = datamodule(demo_assets, augmentation="diffusion").make_pairs(prompt_batch(4), module)
+    rows = online.meta["rows"]
+    assert rows
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images = prompt_batch(4).images
+    keep = [int(r["id"][1:]) for r in rows]
+    offline_data = AugPairDataModule(pairs_path=str(path), image_folder=str(tmp_path))
+    batch = PairBatch(
+        ids=[r["id"] for r in rows],
+        indices=list(range(len(rows))),
+        image_paths=[r["image"] for r in rows],
+        images=[images[i] for i in keep],
+        questions=[r["prompt"] for r in rows],
+        chosen=[r["chosen"] for r in rows],
+        rejected=[r["rejected"] for r in rows],
+        augmentations=[r["augmentation"] for r in rows],
+        chosen_finished=[r["chosen_finished"] for r in rows],
+        rejected_finished=[r["rejected_finished"] for r in rows],
+    )
+    offline = offline_data.pairs_from_file(batch, module)
+    assert torch.equal(offline.pixel_values, online.pixel_values)
+    assert torch.equal(offline.aug_pixel_values, online.aug_pixel_values)
+    # answers cut by max_new_tokens stay without EOS when read back
+    assert not all(r["chosen_finished"] and r["rejected_finished"] for r in rows)
+    for name in ("prompt", "chosen", "rejected"):
+        assert torch.equal(
+            getattr(offline, f"{name}_input_ids"), getattr(online, f"{name}_input_ids")
+        )
+    seva = PairBatch(**{**batch.__dict__, "augmentations": [None] * len(rows)})
+    assert offline_data.pairs_from_file(seva, module).aug_pixel_values is None
+
+
+def test_datamodule_needs_exactly_one_source() -> None:
+    with pytest.raises(ValueError, match="exactly one of data.data_path"):
+        AugPairDataModule(image_folder=".")
+    with pytest.raises(ValueError, match="exactly one of data.data_path"):
+        AugPairDataModule(data_path="a.json", pairs_path="p.jsonl")
+    with pytest.raises(ValueError, match="pairs_repeat must be >= 1"):
+        AugPairDataModule(pairs_path="p.jsonl", pairs_repeat=0)

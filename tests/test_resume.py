@@ -1,0 +1,58 @@
+"""Mid-epoch resume: a fit killed with SIGKILL and restarted from its last checkpoint continues
+the epoch where it stopped: every prompt once per epoch, in the uninterrupted run's order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+TESTS = Path(__file__).resolve().parent
+NUM_PROMPTS, BATCH_SIZE, EPOCHS = 20, 4, 2  # 5 steps per epoch
+
+
+def fit(cwd: Path, log: Path, *args: str, kill_before_step: int = -1) -> int:
+    probe = {"class_path": "resume_probe.PromptLog",
+             "init_args": {"path": str(log), "kill_before_step": kill_before_step}}
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(cwd / f"ckpt_{log.stem}"), "every_n_train_steps": 1,
+                                "save_top_k": 0, "save_last": True}}  # fmt: skip
+    cmd = [sys.executable, "-m", "lightning_aug_dpo", "fit", "--config", str(CONFIG),
+           f"--data.init_args.num_prompts={NUM_PROMPTS}", "--data.init_args.num_val_prompts=0",
+           f"--data.init_args.batch_size={BATCH_SIZE}", f"--trainer.max_epochs={EPOCHS}",
+           "--trainer.callbacks=[]",  # the demo's gallery, eval and summary are not under test
+           f"--trainer.callbacks+={json.dumps(probe)}",
+           f"--trainer.callbacks+={json.dumps(checkpoint)}", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return result.returncode
+
+
+def trained(log: Path) -> list[tuple[int, int, tuple[str, ...]]]:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return [(r["epoch"], r["batch"], tuple(r["ids"])) for r in rows]
+
+
+@pytest.mark.parametrize("kill_before_step", [7])  # epoch 1, after its first 2 batches
+def test_killed_fit_resumes_mid_epoch(demo_assets, tmp_path: Path, kill_before_step) -> None:
+    (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
+    reference = tmp_path / "reference.log"
+    assert fit(tmp_path, reference) == 0
+    expected = trained(reference)
+    assert len(expected) == EPOCHS * NUM_PROMPTS // BATCH_SIZE
+
+    killed = tmp_path / "killed.log"
+    assert fit(tmp_path, killed, kill_before_step=kill_before_step) == -9  # SIGKILL
+    before = trained(killed)
+    assert len(before) == kill_before_step
+    assert fit(tmp_path, killed, f"--ckpt_path={tmp_path / 'ckpt_killed' / 'last.ckpt'}") == 0
+    # the restarted run trained exactly the batches that were missing, in the same order
+    assert trained(killed) == expected
+    for epoch in range(EPOCHS):
+        ids = [i for e, _, batch in trained(killed) if e == epoch for i in batch]
+        assert len(ids) == len(set(ids)) == NUM_PROMPTS  # no prompt twice, none skipped
