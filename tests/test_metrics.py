@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from lightning_aug_dpo.losses import PreferenceLossOutput
-from lightning_aug_dpo.types import PairStats
 from lightning_aug_dpo.metrics import (
     PAIR_KEYS,
     PREFERENCE_KEYS,
     PreferenceMetrics,
     preference_values,
 )
+from lightning_aug_dpo.types import PairStats
 
 
 def _t(values: list[float]) -> torch.Tensor:

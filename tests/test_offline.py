@@ -141,9 +141,9 @@ def test_pairs_from_file_replay_the_augmented_image(make_module, demo_assets, tm
 
 
 def test_datamodule_needs_exactly_one_source() -> None:
-    with pytest.raises(ValueError, match="exactly one of data.data_path"):
+    with pytest.raises(ValueError, match=r"exactly one of data\.data_path"):
         AugPairDataModule(image_folder=".")
-    with pytest.raises(ValueError, match="exactly one of data.data_path"):
+    with pytest.raises(ValueError, match=r"exactly one of data\.data_path"):
         AugPairDataModule(data_path="a.json", pairs_path="p.jsonl")
     with pytest.raises(ValueError, match="pairs_repeat must be >= 1"):
         AugPairDataModule(pairs_path="p.jsonl", pairs_repeat=0)

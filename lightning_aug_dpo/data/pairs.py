@@ -28,7 +28,12 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_aug_dpo.data.prompts import BadItem, PromptBatchWithSkips, check_on_bad, clean_question
+from lightning_aug_dpo.data.prompts import (
+    BadItem,
+    PromptBatchWithSkips,
+    check_on_bad,
+    clean_question,
+)
 
 FORMATS = ("aug_dpo", "seva", "trl")
 _FIX = {
