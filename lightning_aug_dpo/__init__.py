@@ -16,9 +16,11 @@ from lightning_aug_dpo.augment import (
 )
 from lightning_aug_dpo.callbacks import (
     AdapterCheckpoint,
-    MMVetEvalCallback,
+    LLaVABenchCallback,
+    MMVetCallback,
     PairGalleryCallback,
     PairsWriter,
+    POPECallback,
     RunSummary,
 )
 from lightning_aug_dpo.data import AugPairDataModule
@@ -39,8 +41,10 @@ __all__ = [
     "DiffusionNoise",
     "ImagePreprocessor",
     "KorniaAugmentation",
+    "LLaVABenchCallback",
     "LlavaDPOModule",
-    "MMVetEvalCallback",
+    "MMVetCallback",
+    "POPECallback",
     "PairGalleryCallback",
     "PairStats",
     "PairsWriter",

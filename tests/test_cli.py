@@ -118,7 +118,7 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()
     assert list((run / "checkpoints").glob("*-adapter/adapter_model.safetensors"))
-    answers = json.loads((run / "mmvet" / "policy_epoch1.json").read_text())
+    answers = json.loads((run / "eval" / "mmvet" / "epoch=1" / "answers.json").read_text())
     assert list(answers) == [f"v1_{i}" for i in range(24)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["prompts"] == 32

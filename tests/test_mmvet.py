@@ -273,3 +273,38 @@ def test_reference_answers_round_trip(ref: Path, tmp_path: Path) -> None:
     write_answers(tmp_path / "a.json", answers)
     assert read_answers(tmp_path / "a.json") == answers
     assert len(read_answers(ref / "example_results.json")) == 218
+
+
+# ---------------------------------------------------------------- the official download
+
+
+def test_load_mmvet_dir_finds_shared_images(tmp_path: Path) -> None:
+    from lightning_aug_dpo.eval import load_mmvet_dir
+
+    rows = _toy_rows()
+    rows["v1_2"] = {**rows["v1_0"], "question": "Q2?"}  # shares a.png with v1_0
+    (tmp_path / "mm-vet.json").write_text(json.dumps(rows))
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "images" / name).write_bytes(b"png")
+    bench = load_mmvet_dir(tmp_path)
+    assert bench.images["v1_2"] == bench.images["v1_0"] == tmp_path / "images" / "a.png"
+    assert list(load_mmvet_dir(tmp_path, limit=2).items) == ["v1_0", "v1_1"]
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"a\.png: image of .*row 'v1_0' not found; 2 rows"):
+        load_mmvet_dir(tmp_path)
+    (tmp_path / "mm-vet.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"mm-vet\.json: MM-Vet question file not found"):
+        load_mmvet_dir(tmp_path)
+
+
+def test_parity_capability_table_and_per_run_totals(ref: Path) -> None:
+    caps = load_capabilities(ref / "capability_index.json")
+    s = score_mmvet(read_grades(LLAVA / "llava-v1.5-7b_gpt-4-grade-3runs.json"), caps)
+    assert len(s.total_per_run) == 3
+    assert sum(s.total_per_run) / 3 == pytest.approx(s.total_mean)
+    d = s.to_dict()
+    # MM-Vet's paper: rec in 68.8% of the 218 questions, ocr in 44.0%, math in 11.9%
+    counts = {cap: v["n"] for cap, v in d["capabilities"].items()}
+    assert counts == {"rec": 150, "ocr": 96, "know": 84, "gen": 80, "spat": 75, "math": 26}
+    assert [round(t, 1) for t in d["total_per_run"]] == [31.2, 30.8, 31.2]

@@ -2,14 +2,20 @@
 summary."""
 
 from lightning_aug_dpo.callbacks.adapter import AdapterCheckpoint, adapter_dir_for
+from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
 from lightning_aug_dpo.callbacks.gallery import PairGalleryCallback
-from lightning_aug_dpo.callbacks.mmvet import MMVetEvalCallback
+from lightning_aug_dpo.callbacks.llava_bench import LLaVABenchCallback
+from lightning_aug_dpo.callbacks.mmvet import MMVetCallback
 from lightning_aug_dpo.callbacks.pairs_writer import PairsWriter
+from lightning_aug_dpo.callbacks.pope import POPECallback
 from lightning_aug_dpo.callbacks.summary import RunSummary
 
 __all__ = [
     "AdapterCheckpoint",
-    "MMVetEvalCallback",
+    "BenchmarkCallback",
+    "LLaVABenchCallback",
+    "MMVetCallback",
+    "POPECallback",
     "PairGalleryCallback",
     "PairsWriter",
     "RunSummary",

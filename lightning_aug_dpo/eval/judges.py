@@ -1,24 +1,42 @@
-"""Judges that grade an MM-Vet prediction against its ground-truth answer.
+"""Judges: the offline rule judge and the chat-judge protocol shared by model judges.
 
-A judge turns ``(question, answer, prediction)`` into a :class:`Grade` whose ``content`` is the
-judge's raw reply (kept in the grade file) and whose ``score`` lies in [0, 1]. The official
-benchmark uses GPT-4; :class:`RuleJudge` is an offline, deterministic stand-in for tests, smoke
-runs and CI. Further judges (an OpenAI-compatible HTTP judge, a local HF model) implement the
-same :meth:`Judge.grade` method.
+A judge grades an MM-Vet prediction (:meth:`Judge.grade` -> :class:`Grade`, a score in [0, 1])
+and reviews a LLaVA-Bench answer against GPT-4's (:meth:`Judge.review` -> :class:`Review`, two
+1-10 scores). :class:`RuleJudge` is offline and deterministic. :class:`ChatJudge` implements the
+official graders' protocols on top of one abstract call, ``chat(messages, ...)``, which the
+OpenAI-compatible HTTP judge (``http_judge.py``) and the local Hugging Face judge
+(``hf_judge.py``) provide; replies go through a :class:`JudgeCache` keyed by the full request.
 """
 
 from __future__ import annotations
 
 import string
 import unicodedata
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any
 
-from lightning_aug_dpo.eval.mmvet import MMVetItem, id_sort_key
+from lightning_aug_dpo.eval.cache import JudgeCache
+from lightning_aug_dpo.eval.llava_bench import FAILED, LLaVABenchItem, parse_two_scores
+from lightning_aug_dpo.eval.prompts import (
+    MMVET_RETRY_SUFFIX,
+    PromptSet,
+    llava_review_request,
+    mmvet_request,
+    parse_mmvet_score,
+)
 
 AND = "<AND>"
 OR = "<OR>"
+
+
+class JudgeError(RuntimeError):
+    """The judge cannot answer (bad configuration, refused request); the message says why."""
+
+
+class JudgeUnavailable(JudgeError):
+    """The judge endpoint stayed unreachable or overloaded after every retry (an outage)."""
 
 
 @dataclass(frozen=True)
@@ -30,15 +48,43 @@ class Grade:
     model: str
 
 
-@runtime_checkable
-class Judge(Protocol):
-    """Grades a prediction; ``name`` goes into the grade file's ``model`` list."""
+@dataclass(frozen=True)
+class Review:
+    """One LLaVA-Bench review: ``scores = [reference, model]``; ``failed`` if unparsable."""
 
-    name: str
+    scores: list[float]
+    content: str
+    model: str
+    failed: bool = False
 
-    def grade(self, question: str, answer: str, prediction: str) -> Grade:
-        """Grade ``prediction`` against the ground truth ``answer`` to ``question``."""
-        ...
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    model: str
+
+
+class Judge(ABC):
+    """Grades predictions; ``name`` goes into grade files; ``concurrency`` bounds parallel calls."""
+
+    name: str = "judge"
+    concurrency: int = 1
+
+    @abstractmethod
+    def grade(self, question: str, answer: str, prediction: str, run: int = 0) -> Grade:
+        """MM-Vet: grade ``prediction`` against the ground truth ``answer`` to ``question``."""
+
+    def review(self, item: LLaVABenchItem, answer: str, run: int = 0) -> Review:
+        """LLaVA-Bench: score GPT-4's reference (first) and ``answer`` (second), 1-10 each."""
+        raise JudgeError(f"{type(self).__name__} cannot review LLaVA-Bench answers")
+
+    def set_cache(self, path: str | Path | None) -> None:
+        """Use a reply cache at ``path`` (judges without model calls ignore it)."""
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What graded the results (class, model, prompts); never a credential."""
+        return {"class": type(self).__name__, "model": self.name}
 
 
 def _is_punct(char: str) -> bool:
@@ -62,10 +108,7 @@ def normalize(text: str) -> str:
 
 
 def contains_phrase(prediction: str, phrase: str) -> bool:
-    """Whether normalised ``phrase`` occurs in ``prediction`` on whole-word boundaries.
-
-    Both strings are normalised first, so "cat" matches "The cat." but not "category".
-    """
+    """Whether normalised ``phrase`` occurs in ``prediction`` on whole-word boundaries."""
     phrase, prediction = normalize(phrase), normalize(prediction)
     return bool(phrase) and f" {phrase} " in f" {prediction} "
 
@@ -73,20 +116,18 @@ def contains_phrase(prediction: str, phrase: str) -> bool:
 class RuleJudge(Judge):
     """Offline, deterministic string-matching judge (name ``"rule"``).
 
-    The ground truth is read as alternatives separated by ``<OR>``, each a list of parts
-    separated by ``<AND>``; a plain answer is one alternative with one part. An alternative
-    scores the fraction of its parts that occur in the prediction as whole words/phrases after
-    :func:`normalize` (partial credit, as MM-Vet's GPT grader gives 0.5 for half of an
-    ``<AND>`` answer), and the grade is the best alternative's score. So ``<AND>`` gives
-    matched/total, ``<OR>`` gives 1.0 if any part occurs else 0.0, and a plain answer 1.0 or
-    0.0. There are no synonym tables: "2" matches "two" only if the answer lists both via
-    ``<OR>``.
+    MM-Vet: the ground truth is read as alternatives separated by ``<OR>``, each a list of parts
+    separated by ``<AND>``; an alternative scores the fraction of its parts found in the
+    prediction as whole words after :func:`normalize`, and the grade is the best alternative.
+
+    LLaVA-Bench: each answer scores ``1 + 9 * r`` (rounded to 0.1), ``r`` being the fraction of
+    the caption's words of 4+ letters that the answer mentions; a rough, reproducible stand-in
+    for smoke runs, not a substitute for a model judge.
     """
 
     name = "rule"
 
-    def grade(self, question: str, answer: str, prediction: str) -> Grade:
-        """Score ``prediction`` against ``answer``; ``question`` is unused by this judge."""
+    def grade(self, question: str, answer: str, prediction: str, run: int = 0) -> Grade:
         best: tuple[float, int, int] | None = None
         for alternative in answer.split(OR):
             parts = [p for p in alternative.split(AND) if normalize(p)]
@@ -101,37 +142,117 @@ class RuleJudge(Judge):
         score, hits, total = best
         return Grade(score, f"matched {hits}/{total} parts", self.name)
 
+    def review(self, item: LLaVABenchItem, answer: str, run: int = 0) -> Review:
+        words = {w for w in normalize(item.caption).split() if len(w) >= 4}
 
-def _missing_ids(items: Mapping[str, MMVetItem], answers: Mapping[str, str]) -> list[str]:
-    return sorted((qid for qid in items if qid not in answers), key=id_sort_key)
+        def score(text: str) -> float:
+            said = set(normalize(text).split())
+            return round(1 + 9 * (len(words & said) / len(words) if words else 0.0), 1)
+
+        scores = [score(item.reference), score(answer)]
+        return Review(scores, f"{scores[0]} {scores[1]}\ncaption word recall", self.name)
 
 
-def grade_mmvet(
-    judge: Judge,
-    items: Mapping[str, MMVetItem],
-    answers: Mapping[str, str],
-    runs: int = 1,
-) -> dict[str, list[Grade]]:
-    """Grade every item's answer ``runs`` times: ``{id: [Grade per run]}`` in numeric id order.
+class ChatJudge(Judge):
+    """The official grading protocols over an abstract chat call.
 
-    Raises ``ValueError`` naming the ids (up to 5, and the count) that have no answer; answers
-    for ids outside ``items`` are ignored.
+    MM-Vet (``mm-vet_evaluator``): one user message ``prompt + "\\n" + "Q | GT | Pred | "``,
+    ``max_tokens=3``, temperature 0; the first space-separated token must be a float in [0, 1].
+    If not, the grader asks again with a "give only the number" suffix, raising the temperature
+    by 0.5 each time; after 5 unparsable replies the grade is 0.0 (the official script sends a
+    sixth request whose reply it never reads; this one stops at 5).
+
+    LLaVA-Bench (``eval_gpt_review_bench``): a system message and the review request,
+    temperature 0.2, ``max_tokens=1024``; a reply without two scores on its first line is
+    a failed review (``tuple = [-1, -1]``, ``failed = true``), not retried, as LLaVA does.
+
+    The run index is sent as the request's ``seed`` and is part of the cache key, so N grading
+    runs are N distinct requests, each cached.
+
+    Args:
+        mmvet_prompt_file: a plain-text MM-Vet grading prompt (e.g. the official one).
+        llava_rule_file: a LLaVA ``rule.json`` (e.g. the official one).
+        cache_path: JSON-lines reply cache (callbacks and jobs set one per benchmark).
+        max_attempts: MM-Vet replies tried before scoring 0.
+        llava_temperature: LLaVA-Bench review temperature (official: 0.2).
     """
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
-    missing = _missing_ids(items, answers)
-    if missing:
-        shown = ", ".join(repr(q) for q in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise ValueError(
-            f"no answer for question ids {shown} ({len(missing)} in all); "
-            "answer every MM-Vet question before grading"
+
+    def __init__(
+        self,
+        mmvet_prompt_file: str | None = None,
+        llava_rule_file: str | None = None,
+        cache_path: str | None = None,
+        max_attempts: int = 5,
+        llava_temperature: float = 0.2,
+        llava_max_tokens: int = 1024,
+    ) -> None:
+        self.prompts = PromptSet.load(mmvet_prompt_file, llava_rule_file)
+        self.cache: JudgeCache | None = None
+        self.set_cache(cache_path)
+        self.max_attempts = max_attempts
+        self.llava_temperature = llava_temperature
+        self.llava_max_tokens = llava_max_tokens
+
+    @abstractmethod
+    def chat(
+        self, messages: list[dict[str, str]], temperature: float, max_tokens: int, seed: int
+    ) -> ChatReply:
+        """One completion; raise :class:`JudgeUnavailable` for an outage."""
+
+    def endpoint(self) -> str:
+        """Where requests go (part of the cache key): a URL or a model path."""
+        return self.name
+
+    def set_cache(self, path: str | Path | None) -> None:
+        self.cache = JudgeCache(path) if path else None
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "endpoint": self.endpoint(), **self.prompts.identity()}
+
+    def complete(
+        self, messages: list[dict[str, str]], temperature: float, max_tokens: int, seed: int
+    ) -> ChatReply:
+        """:meth:`chat` through the cache."""
+        request = {
+            "endpoint": self.endpoint(),
+            "model": self.name,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+        }
+        if self.cache is not None:
+            hit = self.cache.get(request)
+            if hit is not None:
+                return ChatReply(hit["text"], hit["model"])
+        reply = self.chat(messages, temperature, max_tokens, seed)
+        if self.cache is not None:
+            self.cache.put(request, {"text": reply.text, "model": reply.model})
+        return reply
+
+    def grade(self, question: str, answer: str, prediction: str, run: int = 0) -> Grade:
+        base = mmvet_request(self.prompts.mmvet, question, answer, prediction)
+        content, temperature, model = "", 0.0, self.name
+        for attempt in range(self.max_attempts):
+            text = base if attempt == 0 else base + MMVET_RETRY_SUFFIX
+            reply = self.complete([{"role": "user", "content": text}], temperature, 3, run)
+            content, model = reply.text, reply.model
+            parsed = parse_mmvet_score(reply.text)
+            if parsed is not None:
+                return Grade(parsed[0], parsed[1], model)
+            temperature += 0.5
+        return Grade(0.0, content, model)
+
+    def review(self, item: LLaVABenchItem, answer: str, run: int = 0) -> Review:
+        request = llava_review_request(
+            self.prompts.rules(), item.category, item.caption, item.question, item.reference, answer
         )
-    return {
-        qid: [judge.grade(item.question, item.answer, answers[qid]) for _ in range(runs)]
-        for qid, item in sorted(items.items(), key=lambda kv: id_sort_key(kv[0]))
-    }
-
-
-def grade_scores(grades: Mapping[str, list[Grade]]) -> dict[str, list[float]]:
-    """``{id: [Grade]}`` -> ``{id: [score per run]}``, the input of ``score_mmvet``."""
-    return {qid: [g.score for g in runs] for qid, runs in grades.items()}
+        messages = [
+            {"role": "system", "content": self.prompts.llava_system},
+            {"role": "user", "content": request},
+        ]
+        reply = self.complete(messages, self.llava_temperature, self.llava_max_tokens, run)
+        scores = parse_two_scores(reply.text)
+        if scores is None:
+            return Review(list(FAILED), reply.text, reply.model, failed=True)
+        return Review(scores, reply.text, reply.model)

@@ -9,13 +9,20 @@ files (written by the official GPT-4 grader, or by :func:`write_grades`) map eac
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from lightning_aug_dpo.eval.files import (
+    check_images,
+    name_ids,
+    read_json_dict,
+    require_file,
+    sorted_ids,
+    write_json,
+)
 
 CAPABILITIES: tuple[str, ...] = ("rec", "ocr", "know", "gen", "spat", "math")
 _ROW_KEYS = ("imagename", "question", "answer", "capability")
@@ -41,34 +48,9 @@ class GradeLike(Protocol):
     model: str
 
 
-def id_sort_key(qid: str) -> tuple[str, int]:
-    """Sort ``v1_2`` before ``v1_10`` (numeric suffix order), as the official files do."""
-    match = re.fullmatch(r"(.*?)(\d+)", qid)
-    return (match.group(1), int(match.group(2))) if match else (qid, -1)
-
-
-def _sorted_ids(ids: Iterable[str]) -> list[str]:
-    return sorted(ids, key=id_sort_key)
-
-
-def _read_json_dict(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg}); "
-            f"expected {what}"
-        ) from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level is {type(data).__name__}; expected {what}")
-    return data
-
-
-def _write_json(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+_sorted_ids = sorted_ids
+_read_json_dict = read_json_dict
+_write_json = write_json
 
 
 def canonical_capabilities(caps: Iterable[str], where: str = "") -> tuple[str, ...]:
@@ -136,6 +118,49 @@ def load_capabilities(path: str | Path) -> dict[str, tuple[str, ...]]:
         qid: _row_capabilities(path, qid, data[qid], ("capability",), hint)
         for qid in _sorted_ids(data)
     }
+
+
+@dataclass(frozen=True)
+class MMVetBenchmark:
+    """The official MM-Vet download: questions in id order and each question's image file."""
+
+    source: Path
+    items: dict[str, MMVetItem]
+    images: dict[str, Path]
+
+    def limited(self, limit: int | None) -> MMVetBenchmark:
+        """The first ``limit`` questions (all for ``None``), for quick checks."""
+        if not limit:
+            return self
+        ids = list(self.items)[:limit]
+        return MMVetBenchmark(
+            self.source, {q: self.items[q] for q in ids}, {q: self.images[q] for q in ids}
+        )
+
+
+def load_mmvet_dir(data_dir: str | Path, limit: int | None = None) -> MMVetBenchmark:
+    """Load the official download ``DATA_DIR/mm-vet.json`` + ``DATA_DIR/images/``.
+
+    Several questions share one image: each row names its file in ``imagename``. A missing
+    ``mm-vet.json``, images folder or image file raises ``FileNotFoundError`` naming the path,
+    the row ids and the fix.
+    """
+    data_dir = Path(data_dir)
+    source = require_file(
+        data_dir / "mm-vet.json",
+        "MM-Vet question file",
+        "point data_dir at the unpacked MM-Vet download (mm-vet.json + images/)",
+    )
+    items = load_mmvet(source)
+    if not items:
+        raise ValueError(f"{source}: no questions; expected the MM-Vet question file")
+    images = check_images(
+        data_dir / "images",
+        {qid: item.imagename for qid, item in items.items()},
+        source,
+        "unpack the MM-Vet images into DATA_DIR/images/",
+    )
+    return MMVetBenchmark(source, items, images).limited(limit)
 
 
 def read_answers(path: str | Path) -> dict[str, str]:
@@ -209,6 +234,7 @@ class MMVetScores:
     num_questions: int
     capability_counts: dict[str, int] = field(default_factory=dict)
     combination_counts: dict[str, int] = field(default_factory=dict)
+    total_per_run: tuple[float, ...] = ()  # the official table's "runs" column
 
     def as_metrics(self, prefix: str = "mmvet", combinations: bool = False) -> dict[str, float]:
         """Means as ``{"mmvet/total": ..., "mmvet/rec": ...}`` (plus ``mmvet/combo/<key>``)."""
@@ -220,6 +246,22 @@ class MMVetScores:
                 {f"{head}combo/{key}": m for key, (m, _) in self.per_combination.items()}
             )
         return metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: total, per capability and per combination as ``{mean, std, n}``."""
+
+        def block(stats: dict[str, Stat], counts: dict[str, int]) -> dict[str, Any]:
+            return {k: {"mean": m, "std": s, "n": counts.get(k, 0)} for k, (m, s) in stats.items()}
+
+        return {
+            "total": self.total_mean,
+            "std": self.total_std,
+            "runs": self.num_runs,
+            "questions": self.num_questions,
+            "total_per_run": list(self.total_per_run),
+            "capabilities": block(self.per_capability, self.capability_counts),
+            "combinations": block(self.per_combination, self.combination_counts),
+        }
 
     def format_table(self, combinations: bool = True) -> str:
         """Plain-text table rounded to 1 decimal, as the reference implementation displays."""
@@ -249,9 +291,7 @@ def _mean_std(values: Sequence[float]) -> Stat:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def _name_ids(ids: Sequence[str]) -> str:
-    shown = ", ".join(repr(q) for q in ids[:5])
-    return f"{shown}{', ...' if len(ids) > 5 else ''} ({len(ids)} in all)"
+_name_ids = name_ids
 
 
 def _score_runs(
@@ -332,4 +372,7 @@ def score_mmvet(
         num_questions=len(ids),
         capability_counts={c: len(qs) for c, qs in by_cap.items()},
         combination_counts={k: len(by_combo[k]) for k in combo_order},
+        total_per_run=tuple(
+            100.0 * sum(runs[q][r] for q in ids) / len(ids) for r in range(num_runs)
+        ),
     )

@@ -1,0 +1,133 @@
+"""MM-Vet: generate answers with a model, grade them with a judge, score them as the official
+grader does. Resumable: rerun the same command after an interruption.
+
+    # generate + grade + score (GPT-4 judge; the key is read from $OPENAI_API_KEY)
+    python benchmarks/mmvet.py --model llava-hf/llava-1.5-7b-hf --adapter runs/x/adapter \\
+        --data-dir data/mm-vet --out runs/eval/mmvet --judge openai --judge-model gpt-4-0613
+
+    # a local vLLM / SGLang server as the judge, 3 grading runs
+    python benchmarks/mmvet.py --model ... --data-dir data/mm-vet --out runs/eval/mmvet \\
+        --judge openai --judge-base-url http://localhost:8000/v1 --judge-model Qwen2.5-72B \\
+        --judge-api-key-env NONE --runs 3
+
+    # score existing official files, no model needed
+    python benchmarks/mmvet.py score --grades GRADES.json --index mm-vet.json
+
+DATA_DIR is the official download (mm-vet.json + images/). OUT receives answers.json (the
+official results format, uploadable to the MM-Vet evaluation server), grades.json (the official
+grader's format), scores.json (scores per capability, per capability combination, total and std
+over runs; judge model and prompt identity) and judge_cache.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lightning_aug_dpo.eval import (
+    JudgeError,
+    load_capabilities,
+    load_mmvet_dir,
+    read_answers,
+    read_grades,
+    score_mmvet,
+    write_answers,
+)
+from lightning_aug_dpo.eval.files import write_json
+from lightning_aug_dpo.eval.jobs import (
+    add_judge_args,
+    add_model_args,
+    answer_missing,
+    judge_from_args,
+    llava_loader,
+)
+from lightning_aug_dpo.eval.pipeline import finish_mmvet
+
+SCORE_HELP = "score official files without a model: see `mmvet.py score --help`"
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmvet.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"subcommand: score  ({SCORE_HELP})",
+    )
+    parser.add_argument("--data-dir", required=True, help="MM-Vet download: mm-vet.json, images/")
+    parser.add_argument("--out", required=True, help="output folder (created; reruns resume)")
+    add_model_args(parser)
+    add_judge_args(parser)
+    return parser
+
+
+def score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmvet.py score",
+        description="Score an MM-Vet grade file as the official grader does: per capability, "
+        "the 16 capability combinations, total, and the population std of the total over runs.",
+    )
+    parser.add_argument("--grades", required=True, help="grade file {id: {model, content, score}}")
+    parser.add_argument(
+        "--index", required=True, help="mm-vet.json (or any {id: {capability: [...]}} file)"
+    )
+    parser.add_argument("--out", help="scores JSON to write (default: GRADES with _scores.json)")
+    return parser
+
+
+def score_main(argv: list[str]) -> int:
+    args = score_parser().parse_args(argv)
+    scores = score_mmvet(read_grades(args.grades), load_capabilities(args.index))
+    out = Path(args.out or Path(args.grades).with_name(Path(args.grades).stem + "_scores.json"))
+    raw = json.loads(Path(args.grades).read_text(encoding="utf-8"))
+    # The judge as the grade file records it (the official grader keeps the reply's model).
+    models = sorted(
+        {m for row in raw.values() if isinstance(row, dict) for m in row.get("model", [])}
+    )
+    write_json(out, {"grades": str(args.grades), "judge": {"models": models}, **scores.to_dict()})
+    print(scores.format_table())
+    print(f"wrote {out}")
+    return 0
+
+
+def run_main(argv: list[str]) -> int:
+    args = run_parser().parse_args(argv)
+    out = Path(args.out)
+    bench = load_mmvet_dir(args.data_dir, args.limit)
+    answers_path = out / "answers.json"
+    done = read_answers(answers_path) if answers_path.is_file() else {}
+    answers = answer_missing(
+        llava_loader(args),
+        {q: i.question for q, i in bench.items.items()},
+        bench.images,
+        done,
+        lambda partial: write_answers(answers_path, partial),
+        args.max_new_tokens,
+        args.batch_size,
+    )
+    judge = judge_from_args(args, out)
+    record = finish_mmvet(bench, answers, judge, out, args.runs)
+    record["model"] = {"model": args.model, "adapter": args.adapter}
+    write_json(out / "scores.json", record)
+    if not record["complete"]:
+        print(f"grading incomplete: {record['error']}\nrerun the same command to resume")
+        return 2
+    print(record["table"])
+    print(json.dumps(record["metrics"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["score"]:
+            return score_main(argv[1:])
+        return run_main(argv)
+    except (FileNotFoundError, ValueError, JudgeError) as err:
+        print(f"mmvet.py: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
