@@ -27,7 +27,11 @@ from lightning_aug_dpo.losses.base import (
 )
 from lightning_aug_dpo.losses.combined import CombinedLoss
 from lightning_aug_dpo.losses.dpo import RobustDPOLoss, SigmoidDPOLoss
-from lightning_aug_dpo.losses.logprobs import concat_prompt_response, sequence_logprobs
+from lightning_aug_dpo.losses.logprobs import (
+    concat_prompt_response,
+    response_logits_to_keep,
+    sequence_logprobs,
+)
 from lightning_aug_dpo.losses.margin import HingeLoss, IPOLoss
 from lightning_aug_dpo.losses.mdpo import ChosenAnchorLoss, ConditionalPreferenceLoss
 from lightning_aug_dpo.losses.sft import RPOLoss, SFTLoss
@@ -49,5 +53,6 @@ __all__ = [
     "SigmoidDPOLoss",
     "SimPOLoss",
     "concat_prompt_response",
+    "response_logits_to_keep",
     "sequence_logprobs",
 ]
