@@ -17,6 +17,7 @@ One training step, top to bottom (``training_step`` -> ``preference_step``):
 from __future__ import annotations
 
 import logging
+import tempfile
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
@@ -127,6 +128,11 @@ class AugDPOModule(pl.LightningModule):
             first response position on, not over the image and prompt tokens. Exact.
         export_merged: at the end of ``fit`` also write ``merged/``: the full-precision base
             with the adapter merged in, loadable by plain transformers.
+        disable_dropout: set every dropout of the model (attention, MLP, LoRA) to 0, as SeVa
+            and TRL do: a stochastic policy would score pairs with noise and break the exact
+            ln 2 at step 0.
+        modules_to_save_lr: learning rate of the ``modules_to_save`` (e.g. the projector) when
+            it should differ from the optimizer's (LoRA's); ``null``: the same.
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -151,6 +157,8 @@ class AugDPOModule(pl.LightningModule):
         reuse_image_features: bool = True,
         response_logits_only: bool = True,
         export_merged: bool = False,
+        disable_dropout: bool = True,
+        modules_to_save_lr: float | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -173,6 +181,7 @@ class AugDPOModule(pl.LightningModule):
         self.model: nn.Module | None = None  # built in configure_model()
         self.reference_model: nn.Module | None = None  # reference: separate
         self._reference_active = False  # inside reference_context() with a separate reference
+        self._full_precision = False  # load_model() without quantisation (merged export)
         self.processor: Any = None
         self.preprocessor: ImagePreprocessor | None = None
         self.train_metrics = PreferenceMetrics()
@@ -278,7 +287,7 @@ class AugDPOModule(pl.LightningModule):
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"dtype": self.compute_dtype}
-        if self.hparams.load_in_4bit:
+        if self.hparams.load_in_4bit and not self._full_precision:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -326,6 +335,10 @@ class AugDPOModule(pl.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        if self.hparams.disable_dropout:
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         if self.hparams.reference == "separate":
             self.reference_model = self._load_reference(init_adapter)
         elif init_adapter:
@@ -653,7 +666,13 @@ class AugDPOModule(pl.LightningModule):
         return list(batch.meta["rows"])
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        params: Any = [p for _, p in named]
+        if self.hparams.modules_to_save_lr is not None:
+            # PEFT keeps trained copies of modules_to_save under "modules_to_save."
+            saved = [p for n, p in named if ".modules_to_save." in n]
+            lora = [p for n, p in named if ".modules_to_save." not in n]
+            params = [{"params": lora}, {"params": saved, "lr": self.hparams.modules_to_save_lr}]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
@@ -687,7 +706,26 @@ class AugDPOModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.save_adapter(run_dir(self.trainer) / "adapter")
+            if self.hparams.export_merged:
+                self.export_merged(run_dir(self.trainer) / "merged")
 
     def save_adapter(self, path: Any) -> None:
         """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
         self.model.save_pretrained(str(path))
+
+    def export_merged(self, path: Any) -> None:
+        """A plain transformers checkpoint: the base in ``torch_dtype`` (never 4-bit: merging
+        into quantised weights would round the update away) with the adapter and any trained
+        ``modules_to_save`` merged in, plus the processor. Loads with ``from_pretrained``."""
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as adapter:
+            self.save_adapter(adapter)
+            self._full_precision = True
+            try:
+                base = self.load_model()
+            finally:
+                self._full_precision = False
+            merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        merged.save_pretrained(str(path))
+        self.processor.save_pretrained(str(path))

@@ -27,7 +27,7 @@ def perturb(module, seed: int = 1) -> None:
     """Make the policy differ from the reference (LoRA B starts at zero)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in module.named_parameters():
+        for param in module.parameters():
             if param.requires_grad:
                 param.add_(0.05 * torch.randn(param.shape, generator=g))
 
@@ -63,7 +63,8 @@ def assert_same(a, b, atol: float = 1e-5) -> None:
         {"reuse_image_features": False, "response_logits_only": True},
         {"reuse_image_features": True, "response_logits_only": True},
         {**PLAIN, "gradient_checkpointing": True},
-        {"reuse_image_features": True, "response_logits_only": True, "gradient_checkpointing": True},
+        {"reuse_image_features": True, "response_logits_only": True,
+         "gradient_checkpointing": True},  # fmt: skip
     ],
     ids=lambda s: "+".join(k for k, v in s.items() if v) or "plain",
 )
@@ -151,3 +152,48 @@ def test_separate_reference_carries_the_starting_adapter(make_module, tmp_path, 
     assert abs(base.preference_step(batch)[0].item() - math.log(2)) > 1e-4
     trainable = [n for n, p in separate.reference_model.named_parameters() if p.requires_grad]
     assert not trainable
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["fp32", "nf4"])
+def test_merged_export_reloads_in_plain_transformers(make_module, tmp_path, load_in_4bit):
+    """The merged checkpoint gives the logits of the full-precision base + adapter (merging is
+    exact up to fp32 rounding); with a 4-bit policy it differs from the policy only by the
+    base's quantisation error."""
+    from peft import PeftModel
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    module = make_module(modules_to_save=["multi_modal_projector"], load_in_4bit=load_in_4bit)
+    perturb(module)
+    module.save_adapter(tmp_path / "adapter")
+    module.export_merged(tmp_path / "merged")
+    merged = LlavaForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    assert AutoProcessor.from_pretrained(tmp_path / "merged") is not None
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    base = LlavaForConditionalGeneration.from_pretrained(module.hparams.model_name_or_path)
+    unmerged = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    batch = batch_for(module)
+    ids = torch.cat([batch.prompt_input_ids, batch.chosen_input_ids], 1)
+    with torch.no_grad():
+        inputs = {"input_ids": ids, "pixel_values": batch.pixel_values}
+        expected = unmerged(**inputs).logits
+        torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+        if not load_in_4bit:  # the policy itself, trained tensors included
+            module.model.eval()
+            policy = module.model(**inputs).logits
+            torch.testing.assert_close(policy, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_disabled_and_projector_learning_rate(make_module) -> None:
+    module = make_module(lora_dropout=0.1, modules_to_save=["multi_modal_projector"],
+                         modules_to_save_lr=1e-3)  # fmt: skip
+    dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=2e-6)
+    optimizer = module.configure_optimizers()
+    lora, saved = optimizer.param_groups
+    assert lora["lr"] == 2e-6 and saved["lr"] == 1e-3
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert all("lora_" in names[id(p)] for p in lora["params"])
+    assert saved["params"] and all("multi_modal_projector" in names[id(p)] for p in saved["params"])
+    kept = make_module(lora_dropout=0.1, disable_dropout=False)
+    assert any(m.p == 0.1 for m in kept.model.modules() if isinstance(m, torch.nn.Dropout))
