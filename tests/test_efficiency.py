@@ -63,8 +63,11 @@ def assert_same(a, b, atol: float = 1e-5) -> None:
         {"reuse_image_features": False, "response_logits_only": True},
         {"reuse_image_features": True, "response_logits_only": True},
         {**PLAIN, "gradient_checkpointing": True},
-        {"reuse_image_features": True, "response_logits_only": True,
-         "gradient_checkpointing": True},  # fmt: skip
+        {
+            "reuse_image_features": True,
+            "response_logits_only": True,
+            "gradient_checkpointing": True,
+        },
     ],
     ids=lambda s: "+".join(k for k, v in s.items() if v) or "plain",
 )
@@ -98,7 +101,7 @@ def test_images_are_encoded_once_per_step(make_module) -> None:
     def encoded_images(module) -> list[int]:
         calls: list[int] = []
         tower = module._llava(module.model).vision_tower
-        tower.register_forward_hook(lambda m, args, kw, out: calls.append(len(kw.get("pixel_values", args[0] if args else None))), with_kwargs=True)  # noqa: E501
+        tower.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
         module.preference_step(batch_for(module))
         return calls
 
