@@ -24,7 +24,19 @@ from lightning_aug_dpo.callbacks import (
     RunSummary,
 )
 from lightning_aug_dpo.data import AugPairDataModule
-from lightning_aug_dpo.losses import PreferenceLoss, SigmoidDPOLoss
+from lightning_aug_dpo.losses import (
+    ChosenAnchorLoss,
+    CombinedLoss,
+    ConditionalPreferenceLoss,
+    HingeLoss,
+    IPOLoss,
+    PreferenceLoss,
+    RobustDPOLoss,
+    RPOLoss,
+    SFTLoss,
+    SigmoidDPOLoss,
+    SimPOLoss,
+)
 from lightning_aug_dpo.models import LlavaDPOModule, write_tiny_llava
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
@@ -38,7 +50,12 @@ __all__ = [
     "AugDPOModule",
     "AugPairDataModule",
     "Augmentation",
+    "ChosenAnchorLoss",
+    "CombinedLoss",
+    "ConditionalPreferenceLoss",
     "DiffusionNoise",
+    "HingeLoss",
+    "IPOLoss",
     "ImagePreprocessor",
     "KorniaAugmentation",
     "LLaVABenchCallback",
@@ -52,8 +69,12 @@ __all__ = [
     "PreferenceLoss",
     "Preset",
     "PromptBatch",
+    "RPOLoss",
+    "RobustDPOLoss",
     "RunSummary",
+    "SFTLoss",
     "SigmoidDPOLoss",
+    "SimPOLoss",
     "WarmupCosineSchedule",
     "replay",
     "write_tiny_llava",

@@ -3,16 +3,21 @@
 The module is VLM-agnostic. A new model family subclasses it and overrides the hooks in the
 "model-specific hooks" section (see ``models/llava.py``); nothing else special-cases a family.
 
-One training step, top to bottom (``training_step``):
+One training step, top to bottom (``training_step`` -> ``preference_step``):
 
 1. log the pair counts of the batch (pairs were made by the DataModule, or read from disk);
-2. policy log-probs of chosen and rejected, concatenated in ONE forward on the clean image;
-3. reference log-probs: the same base with adapters disabled, under ``no_grad``;
-4. ``loss = self.loss(...)`` (a :class:`PreferenceLoss`), TRL-named metrics logged.
+2. encode the images once (``encode_images``: the frozen vision tower), reused by every forward;
+3. policy log-probs of chosen and rejected, concatenated in ONE forward on the clean image (plus
+   the chosen answer on the augmented image when the loss has an mDPO-style term);
+4. reference log-probs, under ``no_grad``: the same base with adapters disabled, or a separate
+   frozen model (``reference: separate``); skipped for reference-free losses (SimPO);
+5. ``loss = self.loss(...)`` (a :class:`PreferenceLoss`), TRL-named metrics logged.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
@@ -27,12 +32,15 @@ from lightning_aug_dpo.losses import (
     PreferenceLoss,
     SigmoidDPOLoss,
     concat_prompt_response,
+    response_logits_to_keep,
     sequence_logprobs,
 )
 from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, preference_values
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, Rollout, Sampling
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -105,8 +113,26 @@ class AugDPOModule(pl.LightningModule):
         gradient_checkpointing: trade compute for activation memory in the policy forward.
         pad_to_square: LLaVA-1.5's mean-colour padding before resizing.
         max_length: prompt + response tokens kept for DPO; longer responses are truncated.
-        adapter_path: start from a saved PEFT adapter (trainable) instead of a fresh one, e.g.
-            to continue a run or to evaluate a trained adapter; LoRA settings then come from it.
+        init_adapter: start from a saved PEFT adapter (trainable) instead of a fresh one, e.g.
+            an SFT adapter, a previous run's, or to evaluate a trained adapter; LoRA settings
+            then come from it.
+        reference: what the policy is compared with. ``base``: the policy's own base with
+            adapters disabled (no second copy in memory; SeVa's setting when training starts
+            from the base). ``separate``: a second frozen copy (4-bit when ``load_in_4bit``)
+            carrying ``init_adapter``, needed when training starts from an existing adapter.
+        reuse_image_features: run the frozen vision tower once per step and reuse its output
+            in every forward (chosen and rejected, policy and reference); the projector, which
+            SeVa trains, still runs per forward. Exact; only families that implement
+            ``encode_images`` (LLaVA) use it.
+        response_logits_only: compute the LM head (and the fp32 log-softmax) only from the
+            first response position on, not over the image and prompt tokens. Exact.
+        export_merged: at the end of ``fit`` also write ``merged/``: the full-precision base
+            with the adapter merged in, loadable by plain transformers.
+        disable_dropout: set every dropout of the model (attention, MLP, LoRA) to 0, as SeVa
+            and TRL do: a stochastic policy would score pairs with noise and break the exact
+            ln 2 at step 0.
+        modules_to_save_lr: learning rate of the ``modules_to_save`` (e.g. the projector) when
+            it should differ from the optimizer's (LoRA's); ``null``: the same.
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -126,7 +152,13 @@ class AugDPOModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         pad_to_square: bool = True,
         max_length: int = 2048,
-        adapter_path: str | None = None,
+        init_adapter: str | None = None,
+        reference: Literal["base", "separate"] = "base",
+        reuse_image_features: bool = True,
+        response_logits_only: bool = True,
+        export_merged: bool = False,
+        disable_dropout: bool = True,
+        modules_to_save_lr: float | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -147,6 +179,9 @@ class AugDPOModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.model: nn.Module | None = None  # built in configure_model()
+        self.reference_model: nn.Module | None = None  # reference: separate
+        self._reference_active = False  # inside reference_context() with a separate reference
+        self._full_precision = False  # load_model() without quantisation (merged export)
         self.processor: Any = None
         self.preprocessor: ImagePreprocessor | None = None
         self.train_metrics = PreferenceMetrics()
@@ -216,14 +251,29 @@ class AugDPOModule(pl.LightningModule):
             kwargs["suppress_tokens"] = [self.image_token_id()]
         return kwargs
 
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """Frozen vision-tower output for ``pixel_values``, computed once per step and handed
+        to every :meth:`forward_logits` of the step; ``None`` (this default) when the family
+        does not split its vision tower out, and each forward encodes its own images."""
+        return None
+
     def forward_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        logits_to_keep: int = 0,
+        vision_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(
+        """Logits of the active model (policy, or the reference inside ``reference_context``)
+        for the last ``logits_to_keep`` positions (0: all). ``vision_features`` is what
+        :meth:`encode_images` returned for these rows' images, when it returned something."""
+        return self.active_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             pixel_values=pixel_values.to(self.compute_dtype),
             use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
 
     # ------------------------------------------------------------------ model construction
@@ -237,7 +287,7 @@ class AugDPOModule(pl.LightningModule):
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"dtype": self.compute_dtype}
-        if self.hparams.load_in_4bit:
+        if self.hparams.load_in_4bit and not self._full_precision:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -267,9 +317,9 @@ class AugDPOModule(pl.LightningModule):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
             base.enable_input_require_grads()
-        if self.hparams.adapter_path:
-            path = self.hparams.adapter_path
-            self.model = PeftModel.from_pretrained(base, path, is_trainable=True)
+        init_adapter = self.hparams.init_adapter
+        if init_adapter:
+            self.model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
         else:
             lora = LoraConfig(
                 r=self.hparams.lora_r,
@@ -285,11 +335,57 @@ class AugDPOModule(pl.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        if self.hparams.disable_dropout:
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        if self.hparams.reference == "separate":
+            self.reference_model = self._load_reference(init_adapter)
+        elif init_adapter:
+            log.warning(
+                "init_adapter with reference: base compares the policy with the base WITHOUT "
+                "%s; set reference: separate to compare with the adapter you start from",
+                init_adapter,
+            )
         self.preprocessor = self.image_preprocessor()
 
+    def _load_reference(self, init_adapter: str | None) -> nn.Module:
+        """A second frozen copy of the base (quantised like the policy's), with the starting
+        adapter attached and frozen: the reference for ``reference: separate``."""
+        from peft import PeftModel
+
+        reference = self.load_model()
+        if init_adapter:
+            reference = PeftModel.from_pretrained(reference, init_adapter, is_trainable=False)
+        reference.requires_grad_(False)
+        # A reference is deterministic: no dropout, whatever the adapter was trained with. It
+        # follows the policy's train/eval mode (Lightning toggles both) because bitsandbytes'
+        # 4-bit layers use other kernels in eval mode: mixed modes would break ln 2 at step 0.
+        for module in reference.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        return reference.train()
+
+    @property
+    def active_model(self) -> nn.Module:
+        """The model forwards and ``generate`` use: the reference inside
+        :meth:`reference_context` when it is a separate model, else the policy."""
+        return self.reference_model if self._reference_active else self.model
+
     def reference_context(self) -> AbstractContextManager:
-        """Context in which ``self.model`` computes the reference: adapters off."""
-        return self.model.disable_adapter()
+        """Context in which the forwards compute the reference: the policy with adapters off,
+        or the separate frozen reference model."""
+        if self.reference_model is None:
+            return self.model.disable_adapter()
+        return self._separate_reference()
+
+    @contextmanager
+    def _separate_reference(self):
+        self._reference_active = True
+        try:
+            yield
+        finally:
+            self._reference_active = False
 
     # ------------------------------------------------------------ API for DataModule and callbacks
     def preprocess_images(self, images: list[torch.Tensor]) -> torch.Tensor:
@@ -335,8 +431,8 @@ class AugDPOModule(pl.LightningModule):
         if sampling.stop_strings:
             kwargs.update(stop_strings=list(sampling.stop_strings), tokenizer=tok)
         context = self.reference_context() if use_reference else nullcontext()
-        with context, eval_mode(self.model):
-            out = self.model.generate(
+        with context, eval_mode(self.active_model):
+            out = self.active_model.generate(
                 input_ids=enc.input_ids,
                 attention_mask=enc.attention_mask,
                 pixel_values=pixel_values.to(self.compute_dtype),
@@ -408,43 +504,95 @@ class AugDPOModule(pl.LightningModule):
         return {k: v.to(self.device) for k, v in out.items()}
 
     # ------------------------------------------------------------------ DPO maths
-    def sequence_logps(self, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
-        """Chosen and rejected log-probs from ONE forward, both on the clean image."""
-        pad = self.tokenizer.pad_token_id
-        width = max(batch.chosen_input_ids.shape[1], batch.rejected_input_ids.shape[1])
+    def sequence_logps(
+        self,
+        batch: PreferenceBatch,
+        with_augmented: bool = False,
+        vision_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Response log-probs (summed) and mean logits of the active model, from ONE forward.
+
+        Rows: chosen and rejected on the clean image and, ``with_augmented``, the chosen answer
+        again on the augmented image (mDPO's conditional term). ``vision_features``: the
+        :meth:`encode_images` output of ``cat([clean, augmented])`` (or of the clean images
+        alone without ``with_augmented``), reused instead of encoding again.
+        """
+        pad, n = self.tokenizer.pad_token_id, len(batch)
+        responses = [
+            (batch.chosen_input_ids, batch.chosen_attention_mask),
+            (batch.rejected_input_ids, batch.rejected_attention_mask),
+        ]
+        images = [batch.pixel_values, batch.pixel_values]
+        features = [vision_features[:n], vision_features[:n]] if vision_features is not None else []
+        if with_augmented:
+            responses.append(responses[0])
+            images.append(batch.aug_pixel_values)
+            features += [vision_features[n:]] if vision_features is not None else []
+        width = max(ids.shape[1] for ids, _ in responses)
 
         def widen(t: torch.Tensor, value: int) -> torch.Tensor:
             return nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
+        blocks = len(responses)
         input_ids, attention_mask, loss_mask = concat_prompt_response(
-            batch.prompt_input_ids.repeat(2, 1),
-            batch.prompt_attention_mask.repeat(2, 1),
-            torch.cat([widen(batch.chosen_input_ids, pad), widen(batch.rejected_input_ids, pad)]),
-            torch.cat(
-                [widen(batch.chosen_attention_mask, 0), widen(batch.rejected_attention_mask, 0)]
-            ),
+            batch.prompt_input_ids.repeat(blocks, 1),
+            batch.prompt_attention_mask.repeat(blocks, 1),
+            torch.cat([widen(ids, pad) for ids, _ in responses]),
+            torch.cat([widen(mask, 0) for _, mask in responses]),
             pad_id=pad,
         )
+        keep = response_logits_to_keep(loss_mask) if self.hparams.response_logits_only else 0
         logits = self.forward_logits(
-            input_ids, attention_mask, batch.pixel_values.repeat(2, 1, 1, 1)
+            input_ids,
+            attention_mask,
+            torch.cat(images),
+            logits_to_keep=keep,
+            vision_features=torch.cat(features) if features else None,
         )
         logps, mean_logits = sequence_logprobs(logits, input_ids, loss_mask)
-        n = len(batch)
-        return {
+        out = {
             "chosen": logps[:n],
-            "rejected": logps[n:],
+            "rejected": logps[n : 2 * n],
             "chosen_logits": mean_logits[:n],
-            "rejected_logits": mean_logits[n:],
+            "rejected_logits": mean_logits[n : 2 * n],
         }
+        if with_augmented:
+            out["chosen_aug"] = logps[2 * n :]
+        return out
 
     def preference_step(
         self, batch: PreferenceBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        policy = self.sequence_logps(batch)
-        with torch.no_grad(), self.reference_context():
-            reference = self.sequence_logps(batch)
-        out = self.loss(
-            policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"]
+        """Loss and per-pair metric values of one batch (steps 2-5 of the module docstring)."""
+        loss = self.loss
+        with_augmented = loss.needs_augmented
+        if with_augmented and batch.aug_pixel_values is None:
+            raise ValueError(
+                f"{type(loss).__name__} scores the chosen answer on the augmented image, but "
+                "this batch has none: pairs files without augmentation records (SeVa, TRL) "
+                "cannot replay it; use this project's pairs files or roll out online"
+            )
+        images = batch.pixel_values
+        if with_augmented:
+            images = torch.cat([images, batch.aug_pixel_values])
+        features = self.encode_images(images) if self.hparams.reuse_image_features else None
+        policy = self.sequence_logps(batch, with_augmented, features)
+        reference: dict[str, torch.Tensor] = {}
+        if loss.needs_reference:
+            reference_augmented = "reference_chosen_aug_logps" in loss.needs
+            with torch.no_grad(), self.reference_context():
+                reference = self.sequence_logps(batch, reference_augmented, features)
+        chosen_lengths = batch.chosen_attention_mask.sum(-1)
+        rejected_lengths = batch.rejected_attention_mask.sum(-1)
+        out = loss(
+            policy["chosen"],
+            policy["rejected"],
+            reference.get("chosen"),
+            reference.get("rejected"),
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            policy_chosen_aug_logps=policy.get("chosen_aug"),
+            reference_chosen_aug_logps=reference.get("chosen_aug"),
         )
         values = preference_values(
             out,
@@ -452,8 +600,8 @@ class AugDPOModule(pl.LightningModule):
             policy["rejected"],
             policy["chosen_logits"],
             policy["rejected_logits"],
-            batch.chosen_attention_mask.sum(-1),
-            batch.rejected_attention_mask.sum(-1),
+            chosen_lengths,
+            rejected_lengths,
         )
         return out.loss, values
 
@@ -518,7 +666,13 @@ class AugDPOModule(pl.LightningModule):
         return list(batch.meta["rows"])
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        params: Any = [p for _, p in named]
+        if self.hparams.modules_to_save_lr is not None:
+            # PEFT keeps trained copies of modules_to_save under "modules_to_save."
+            saved = [p for n, p in named if ".modules_to_save." in n]
+            lora = [p for n, p in named if ".modules_to_save." not in n]
+            params = [{"params": lora}, {"params": saved, "lr": self.hparams.modules_to_save_lr}]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
@@ -552,7 +706,26 @@ class AugDPOModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.save_adapter(run_dir(self.trainer) / "adapter")
+            if self.hparams.export_merged:
+                self.export_merged(run_dir(self.trainer) / "merged")
 
     def save_adapter(self, path: Any) -> None:
         """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
         self.model.save_pretrained(str(path))
+
+    def export_merged(self, path: Any) -> None:
+        """A plain transformers checkpoint: the base in ``torch_dtype`` (never 4-bit: merging
+        into quantised weights would round the update away) with the adapter and any trained
+        ``modules_to_save`` merged in, plus the processor. Loads with ``from_pretrained``."""
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as adapter:
+            self.save_adapter(adapter)
+            self._full_precision = True
+            try:
+                base = self.load_model()
+            finally:
+                self._full_precision = False
+            merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        merged.save_pretrained(str(path))
+        self.processor.save_pretrained(str(path))

@@ -146,3 +146,19 @@ def test_predict_writes_a_pairs_file(demo_cwd: Path, demo_assets) -> None:
         clean = preprocessor([decode_image(image)])[0]
         augmented = replay(row["augmentation"], clean)
         assert augmented.shape == clean.shape and not torch.equal(augmented, clean)
+
+
+@pytest.mark.parametrize(
+    "overlay", sorted((CONFIGS[0].parent / "multigpu").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_multigpu_overlays_compose_with_the_recipe(overlay: Path) -> None:
+    base = CONFIGS[0].parent / "seva_llava15_7b.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_aug_dpo", "fit", "--config", str(base),
+         "--config", str(overlay), "--print_config"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "devices: 8" in result.stdout and "accumulate_grad_batches: 1" in result.stdout
+    strategy = "DeepSpeedStrategy" if "deepspeed" in overlay.name else "DDPStrategy"
+    assert strategy in result.stdout

@@ -207,12 +207,12 @@ def test_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
         module.configure_model()
 
 
-def test_adapter_path_restores_the_trained_policy(make_module, tmp_path) -> None:
+def test_init_adapter_restores_the_trained_policy(make_module, tmp_path) -> None:
     module = make_module()
     batch = make_batch(module, QUESTIONS, CHOSEN, REJECTED)
     train_steps(module, batch, steps=3)
     module.save_adapter(tmp_path / "adapter")
-    restored = make_module(adapter_path=str(tmp_path / "adapter"))
+    restored = make_module(init_adapter=str(tmp_path / "adapter"))
     module.model.eval()
     restored.model.eval()
     with torch.no_grad():

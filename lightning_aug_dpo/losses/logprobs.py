@@ -43,13 +43,23 @@ def concat_prompt_response(
     return input_ids, attention_mask, loss_mask
 
 
+def response_logits_to_keep(loss_mask: torch.Tensor) -> int:
+    """How many trailing positions' logits :func:`sequence_logprobs` needs: from the position
+    that predicts the batch's first response token to the end (``logits_to_keep`` of a
+    transformers causal LM). Image and prompt positions before it need no LM head."""
+    scored = loss_mask[:, 1:].any(0).nonzero()
+    first_predicting = int(scored[0]) if len(scored) else 0  # position t-1 predicts token t
+    return loss_mask.shape[1] - first_predicting
+
+
 def sequence_logprobs(
     logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and mean response logits per row.
 
-    ``logits`` is ``(B, L, V)`` as returned by a causal LM for ``input_ids`` ``(B, L)``; token t is
-    predicted by position t-1, so
+    ``logits`` is ``(B, K, V)``: a causal LM's logits for the LAST ``K`` positions of
+    ``input_ids`` ``(B, L)`` (``K = L`` for a plain forward; fewer with ``logits_to_keep``, see
+    :func:`response_logits_to_keep`); token t is predicted by position t-1, so
 
         logp[b] = sum_{t >= 1} loss_mask[b, t] * log_softmax(logits[b, t-1])[input_ids[b, t]]
 
@@ -59,9 +69,15 @@ def sequence_logprobs(
     """
     # Only positions that predict a response token matter: skip the image and prompt positions
     # shared by every row before up-casting, so the float32 copy is response-sized.
-    scored = loss_mask[:, 1:].any(0).nonzero()
-    start = int(scored[0]) if len(scored) else 0
-    logits = logits[:, start:-1].float()
+    length = input_ids.shape[1]
+    offset = length - logits.shape[1]  # position of logits[:, 0]
+    start = length - response_logits_to_keep(loss_mask)
+    if start < offset:
+        raise ValueError(
+            f"logits cover positions {offset}..{length - 1} but position {start} predicts a "
+            "response token; keep at least response_logits_to_keep(loss_mask) positions"
+        )
+    logits = logits[:, start - offset : length - 1 - offset].float()
     targets = input_ids[:, start + 1 :]
     mask = loss_mask[:, start + 1 :].to(logits.dtype)
     # gather(logit) - logsumexp avoids materialising a second (B, L, V) log-softmax tensor.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from lightning_aug_dpo.module import AugDPOModule
@@ -38,6 +39,55 @@ class LlavaDPOModule(AugDPOModule):
     def lora_target_regex(self) -> str:
         names = "|".join(re.escape(n) for n in self.lora_target_modules)
         return rf"{re.escape(self.language_model_prefix)}\..*\.({names})"
+
+    def _llava(self, model: nn.Module) -> nn.Module:
+        """The ``LlavaModel`` inside a (PEFT-wrapped) ``LlavaForConditionalGeneration``."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.model
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP features at ``vision_feature_layer`` (CLS dropped for the ``default`` strategy):
+        everything before the projector, which SeVa trains and so runs in each forward. The
+        tower is frozen and never adapted, so policy and reference share this output."""
+        config = self.model.config
+        layers = config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        tower = self._llava(self.model).vision_tower
+        with torch.no_grad():
+            out = tower(pixel_values.to(self.compute_dtype), output_hidden_states=True)
+        selected = [out.hidden_states[layer] for layer in layers]
+        if config.vision_feature_select_strategy == "default":
+            selected = [hidden[:, 1:] for hidden in selected]
+        return torch.cat(selected, dim=-1)
+
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        logits_to_keep: int = 0,
+        vision_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if vision_features is None:
+            return super().forward_logits(input_ids, attention_mask, pixel_values, logits_to_keep)
+        model = self.active_model
+        # The active model's projector: the trained copy for the policy, the original with
+        # adapters disabled (PEFT's modules_to_save) or in a separate reference.
+        image_embeds = self._llava(model).multi_modal_projector(vision_features)
+        embeds = model.get_input_embeddings()(input_ids)
+        is_image = (input_ids == self.image_token_id()).unsqueeze(-1).expand_as(embeds)
+        if int(is_image.sum()) != image_embeds.numel():
+            raise ValueError(
+                f"{int(is_image[..., 0].sum())} image tokens in the batch but "
+                f"{image_embeds.shape[0] * image_embeds.shape[1]} image features"
+            )
+        embeds = embeds.masked_scatter(is_image, image_embeds.to(embeds.dtype))
+        return model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+        ).logits
 
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_index)
