@@ -146,7 +146,7 @@ def llava_loader(args: argparse.Namespace) -> Callable[[], Answerer]:
             raise SystemExit("answers are missing: give --model (and --adapter) to generate them")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         module = LlavaDPOModule(
-            model_name_or_path=args.model, adapter_path=args.adapter, torch_dtype=args.dtype
+            model_name_or_path=args.model, init_adapter=args.adapter, torch_dtype=args.dtype
         )
         module.configure_model()
         return module.to(device).eval()
