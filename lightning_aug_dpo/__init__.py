@@ -37,7 +37,12 @@ from lightning_aug_dpo.losses import (
     SigmoidDPOLoss,
     SimPOLoss,
 )
-from lightning_aug_dpo.models import LlavaDPOModule, write_tiny_llava
+from lightning_aug_dpo.models import (
+    LlavaDPOModule,
+    Qwen2VLDPOModule,
+    write_tiny_llava,
+    write_tiny_qwen2_vl,
+)
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
@@ -69,6 +74,7 @@ __all__ = [
     "PreferenceLoss",
     "Preset",
     "PromptBatch",
+    "Qwen2VLDPOModule",
     "RPOLoss",
     "RobustDPOLoss",
     "RunSummary",
@@ -78,4 +84,5 @@ __all__ = [
     "WarmupCosineSchedule",
     "replay",
     "write_tiny_llava",
+    "write_tiny_qwen2_vl",
 ]

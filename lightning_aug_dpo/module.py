@@ -251,6 +251,20 @@ class AugDPOModule(pl.LightningModule):
             kwargs["suppress_tokens"] = [self.image_token_id()]
         return kwargs
 
+    def vision_inputs(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Model keyword arguments that carry the images into ``forward`` and ``generate``.
+
+        ``pixel_values`` is what :meth:`preprocess_images` made (normalised ``(B, 3, H, W)``, the
+        form augmentations work on), one image per row of ``input_ids`` (the prompt ids with the
+        image tokens expanded). The default passes the batch as it is. Families whose vision
+        input is not such a batch (flattened patches plus a patch grid, per-token modality ids
+        for multimodal positions, ...) convert here, so that the DataModule, the augmentations
+        and the DPO step stay family-agnostic.
+        """
+        return {"pixel_values": pixel_values.to(self.compute_dtype)}
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
         """Frozen vision-tower output for ``pixel_values``, computed once per step and handed
         to every :meth:`forward_logits` of the step; ``None`` (this default) when the family
@@ -271,9 +285,9 @@ class AugDPOModule(pl.LightningModule):
         return self.active_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values.to(self.compute_dtype),
             use_cache=False,
             logits_to_keep=logits_to_keep,
+            **self.vision_inputs(pixel_values, input_ids),
         ).logits
 
     # ------------------------------------------------------------------ model construction
@@ -435,7 +449,7 @@ class AugDPOModule(pl.LightningModule):
             out = self.active_model.generate(
                 input_ids=enc.input_ids,
                 attention_mask=enc.attention_mask,
-                pixel_values=pixel_values.to(self.compute_dtype),
+                **self.vision_inputs(pixel_values, enc.input_ids),
                 **kwargs,
             )
         new_tokens = out[:, enc.input_ids.shape[1] :]
