@@ -10,7 +10,7 @@ from test_datamodule import datamodule, no_augmentation, prompt_batch
 from lightning_aug_dpo import DiffusionNoise
 from lightning_aug_dpo.data.filters import IdenticalFilter, LengthFilter
 from lightning_aug_dpo.data.rollouts import pair_id, prompt_id_of
-from lightning_aug_dpo.module import cut_at_stop, generated_lengths
+from lightning_aug_dpo.generation import cut_at_stop, generated_lengths
 from lightning_aug_dpo.types import Sampling
 
 EOS, PAD = 2, 0
