@@ -50,6 +50,21 @@ def generated_lengths(
     return lengths.tolist(), eos_at_end.tolist()
 
 
+def token_logps_sum(
+    step_logits: tuple[torch.Tensor, ...], new_tokens: torch.Tensor, lengths: list[int]
+) -> list[float]:
+    """Summed log-probs of each row's first ``lengths[i]`` generated tokens, from the raw
+    per-step logits ``generate(output_logits=True)`` returns (fp32 log-softmax, one step at a
+    time so that no (rows, steps, vocab) float32 copy is made)."""
+    total = torch.zeros(new_tokens.shape[0], dtype=torch.float32, device=new_tokens.device)
+    limit = torch.tensor(lengths, device=new_tokens.device)
+    for t, logits in enumerate(step_logits):
+        token = new_tokens[:, t : t + 1]
+        logp = logits.float().log_softmax(-1).gather(1, token).squeeze(1)
+        total += torch.where(t < limit, logp, torch.zeros_like(logp))
+    return total.tolist()
+
+
 def cut_at_stop(text: str, stop_strings: list[str]) -> tuple[str, bool]:
     """``text`` up to the earliest stop string, and whether one occurred."""
     cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
@@ -80,6 +95,7 @@ class RolloutMixin:
         max_new_tokens: int = 64,
         use_reference: bool = True,
         sampling: Sampling | None = None,
+        return_logps: bool = False,
     ) -> list[Rollout]:
         """Answers to ``questions`` about ``pixel_values`` (normalised, on device), ONE
         ``generate`` call for the whole batch: left padding, KV cache, EOS and stop strings.
@@ -106,6 +122,8 @@ class RolloutMixin:
             kwargs["num_return_sequences"] = sampling.num_samples
         if sampling.stop_strings:
             kwargs.update(stop_strings=list(sampling.stop_strings), tokenizer=tok)
+        if return_logps:  # raw logits of every step (before temperature or suppression)
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         context = self.reference_context() if use_reference else nullcontext()
         with context, eval_mode(self.active_model):
             out = self.active_model.generate(
@@ -114,13 +132,17 @@ class RolloutMixin:
                 **self.vision_inputs(pixel_values, enc.input_ids),
                 **kwargs,
             )
-        new_tokens = out[:, enc.input_ids.shape[1] :]
+        sequences = out.sequences if return_logps else out
+        new_tokens = sequences[:, enc.input_ids.shape[1] :]
         texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
         lengths, ended = generated_lengths(new_tokens, tok.eos_token_id, tok.pad_token_id)
+        logps = token_logps_sum(out.logits, new_tokens, lengths) if return_logps else None
         rollouts = []
-        for text, length, eos in zip(texts, lengths, ended, strict=True):
+        for i, (text, length, eos) in enumerate(zip(texts, lengths, ended, strict=True)):
             text, stopped = cut_at_stop(text, sampling.stop_strings)
-            rollouts.append(Rollout(text.strip(), eos or stopped, length))
+            ids = tuple(new_tokens[i, :length].tolist())
+            logp = logps[i] if logps is not None else None
+            rollouts.append(Rollout(text.strip(), eos or stopped, length, ids, logp))
         return rollouts
 
     def generate(
@@ -142,18 +164,28 @@ class RolloutMixin:
         rejected: list[str],
         chosen_finished: list[bool] | None = None,
         rejected_finished: list[bool] | None = None,
+        chosen_ids: list[tuple[int, ...]] | None = None,
+        rejected_ids: list[tuple[int, ...]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Token tensors of :class:`PreferenceBatch` (right-padded, on this module's device).
 
         A response is tokenised together with its prompt and split at the prompt's length (as
         TRL does), so SentencePiece tokenizers see the same word boundaries as in generation.
         EOS is appended to finished answers only (default: all finished, e.g. offline pairs).
+        ``chosen_ids`` / ``rejected_ids``: the generated token ids (EOS included when
+        generated) to use instead of tokenising the texts: DPO then scores exactly the tokens
+        the rollout produced. Responses are cut to ``max_length`` with the prompt either way.
         """
         tok, max_len = self.tokenizer, self.hparams.max_length
         prompt_texts = self.prompt_texts(questions)
         prompts = [tok(p).input_ids for p in prompt_texts]
 
-        def responses(texts: list[str], finished: list[bool] | None) -> list[list[int]]:
+        def responses(
+            texts: list[str], finished: list[bool] | None, given: list[tuple[int, ...]] | None
+        ) -> list[list[int]]:
+            if given is not None:
+                pairs = zip(prompts, given, strict=True)
+                return [list(ids)[: max(1, max_len - len(p))] for p, ids in pairs]
             finished = finished if finished is not None else [True] * len(texts)
             rows = []
             for prompt_text, prompt, text, done in zip(
@@ -172,8 +204,8 @@ class RolloutMixin:
         out = {}
         for name, rows in (
             ("prompt", prompts),
-            ("chosen", responses(chosen, chosen_finished)),
-            ("rejected", responses(rejected, rejected_finished)),
+            ("chosen", responses(chosen, chosen_finished, chosen_ids)),
+            ("rejected", responses(rejected, rejected_finished, rejected_ids)),
         ):
             ids, mask = right_pad(rows, tok.pad_token_id)
             out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = ids, mask

@@ -79,6 +79,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             ``encode_images`` (LLaVA) use it.
         response_logits_only: compute the LM head (and the fp32 log-softmax) only from the
             first response position on, not over the image and prompt tokens. Exact.
+        reuse_rollout_reference_logps: with reference rollouts (``data.rollout_model:
+            reference``), take the reference log-probs of the chosen answers from the rollout
+            (``generate``'s logits) instead of a reference forward over them, and train on the
+            generated token ids. Equal up to the numerics of incremental decoding (KV cache,
+            eval mode: with a 4-bit base, bitsandbytes' eval kernels differ slightly from the
+            training ones); off by default for exactness.
         export_merged: at the end of ``fit`` also write ``merged/``: the full-precision base
             with the adapter merged in, loadable by plain transformers.
         disable_dropout: set every dropout of the model (attention, MLP, LoRA) to 0, as SeVa
@@ -109,6 +115,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         reference: Literal["base", "separate"] = "base",
         reuse_image_features: bool = True,
         response_logits_only: bool = True,
+        reuse_rollout_reference_logps: bool = False,
         export_merged: bool = False,
         disable_dropout: bool = True,
         modules_to_save_lr: float | None = None,
@@ -334,6 +341,11 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         return reference.train()
 
     @property
+    def wants_rollout_logps(self) -> bool:
+        """Whether reference rollouts should return the chosen answers' log-probs for reuse."""
+        return self.hparams.reuse_rollout_reference_logps and self.loss.needs_reference
+
+    @property
     def active_model(self) -> nn.Module:
         """The model forwards and ``generate`` use: the reference inside
         :meth:`reference_context` when it is a separate model, else the policy."""
@@ -364,57 +376,55 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
     def sequence_logps(
         self,
         batch: PreferenceBatch,
-        with_augmented: bool = False,
+        blocks: tuple[str, ...] = ("chosen", "rejected"),
         vision_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Response log-probs (summed) and mean logits of the active model, from ONE forward.
+        """Response log-probs (summed) of the active model for the ``blocks`` asked for, all
+        rows in ONE forward: ``chosen`` and ``rejected`` on the clean image, ``chosen_aug`` the
+        chosen answer on the augmented image (mDPO's conditional term); plus the mean logits of
+        the chosen and rejected rows (``chosen_logits``, ``rejected_logits``).
 
-        Rows: chosen and rejected on the clean image and, ``with_augmented``, the chosen answer
-        again on the augmented image (mDPO's conditional term). ``vision_features``: the
-        :meth:`encode_images` output of ``cat([clean, augmented])`` (or of the clean images
-        alone without ``with_augmented``), reused instead of encoding again.
+        ``vision_features``: the :meth:`encode_images` output of ``cat([clean, augmented])``
+        (or of the clean images alone), reused instead of encoding again.
         """
         pad, n = self.tokenizer.pad_token_id, len(batch)
-        responses = [
-            (batch.chosen_input_ids, batch.chosen_attention_mask),
-            (batch.rejected_input_ids, batch.rejected_attention_mask),
-        ]
-        images = [batch.pixel_values, batch.pixel_values]
-        features = [vision_features[:n], vision_features[:n]] if vision_features is not None else []
-        if with_augmented:
-            responses.append(responses[0])
-            images.append(batch.aug_pixel_values)
-            features += [vision_features[n:]] if vision_features is not None else []
-        width = max(ids.shape[1] for ids, _ in responses)
+        responses = {
+            "chosen": (batch.chosen_input_ids, batch.chosen_attention_mask),
+            "rejected": (batch.rejected_input_ids, batch.rejected_attention_mask),
+            "chosen_aug": (batch.chosen_input_ids, batch.chosen_attention_mask),
+        }
+        images = {"chosen": batch.pixel_values, "rejected": batch.pixel_values}
+        images["chosen_aug"] = batch.aug_pixel_values
+        features = {}
+        if vision_features is not None:
+            clean, augmented = vision_features[:n], vision_features[n:]
+            features = {"chosen": clean, "rejected": clean, "chosen_aug": augmented}
+        width = max(responses[name][0].shape[1] for name in blocks)
 
         def widen(t: torch.Tensor, value: int) -> torch.Tensor:
             return nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
-        blocks = len(responses)
         input_ids, attention_mask, loss_mask = concat_prompt_response(
-            batch.prompt_input_ids.repeat(blocks, 1),
-            batch.prompt_attention_mask.repeat(blocks, 1),
-            torch.cat([widen(ids, pad) for ids, _ in responses]),
-            torch.cat([widen(mask, 0) for _, mask in responses]),
+            batch.prompt_input_ids.repeat(len(blocks), 1),
+            batch.prompt_attention_mask.repeat(len(blocks), 1),
+            torch.cat([widen(responses[name][0], pad) for name in blocks]),
+            torch.cat([widen(responses[name][1], 0) for name in blocks]),
             pad_id=pad,
         )
         keep = response_logits_to_keep(loss_mask) if self.hparams.response_logits_only else 0
         logits = self.forward_logits(
             input_ids,
             attention_mask,
-            torch.cat(images),
+            torch.cat([images[name] for name in blocks]),
             logits_to_keep=keep,
-            vision_features=torch.cat(features) if features else None,
+            vision_features=torch.cat([features[name] for name in blocks]) if features else None,
         )
         logps, mean_logits = sequence_logprobs(logits, input_ids, loss_mask)
-        out = {
-            "chosen": logps[:n],
-            "rejected": logps[n : 2 * n],
-            "chosen_logits": mean_logits[:n],
-            "rejected_logits": mean_logits[n : 2 * n],
-        }
-        if with_augmented:
-            out["chosen_aug"] = logps[2 * n :]
+        out = {}
+        for i, name in enumerate(blocks):
+            out[name] = logps[i * n : (i + 1) * n]
+            if name in ("chosen", "rejected"):
+                out[f"{name}_logits"] = mean_logits[i * n : (i + 1) * n]
         return out
 
     def preference_step(
@@ -433,12 +443,19 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         if with_augmented:
             images = torch.cat([images, batch.aug_pixel_values])
         features = self.encode_images(images) if self.hparams.reuse_image_features else None
-        policy = self.sequence_logps(batch, with_augmented, features)
+        augmented = ("chosen_aug",) if with_augmented else ()
+        policy = self.sequence_logps(batch, ("chosen", "rejected", *augmented), features)
         reference: dict[str, torch.Tensor] = {}
         if loss.needs_reference:
-            reference_augmented = "reference_chosen_aug_logps" in loss.needs
+            blocks = ("chosen", "rejected")
+            if batch.reference_chosen_logps is not None and self.wants_rollout_logps:
+                # the reference rollout scored the chosen answers already (same tokens)
+                blocks = ("rejected",)
+                reference["chosen"] = batch.reference_chosen_logps
+            if "reference_chosen_aug_logps" in loss.needs:
+                blocks += ("chosen_aug",)
             with torch.no_grad(), self.reference_context():
-                reference = self.sequence_logps(batch, reference_augmented, features)
+                reference |= self.sequence_logps(batch, blocks, features)
         chosen_lengths = batch.chosen_attention_mask.sum(-1)
         rejected_lengths = batch.rejected_attention_mask.sum(-1)
         out = loss(

@@ -48,6 +48,9 @@ class PreferenceBatch:
     rejected_input_ids: torch.Tensor
     rejected_attention_mask: torch.Tensor
     aug_pixel_values: torch.Tensor | None = None
+    # The reference's log-probs of the chosen responses, when a reference rollout computed
+    # them already (``reuse_rollout_reference_logps``); None: the DPO step computes them.
+    reference_chosen_logps: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -59,12 +62,16 @@ class Rollout:
     """One generated answer.
 
     ``finished`` is False when ``max_new_tokens`` cut it off (True after EOS or a stop string);
-    ``num_tokens`` counts the tokens generated for it, up to and including EOS.
+    ``num_tokens`` counts the tokens generated for it, up to and including EOS, which
+    ``token_ids`` lists; ``logp`` is their summed log-probability under the model that generated
+    them (``rollout(..., return_logps=True)``), e.g. the reference's for a reference rollout.
     """
 
     text: str
     finished: bool
     num_tokens: int = 0
+    token_ids: tuple[int, ...] = ()  # the generated ids, through EOS
+    logp: float | None = None  # their summed log-prob under the rollout model, when asked for
 
 
 @dataclass(frozen=True)

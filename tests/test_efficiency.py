@@ -91,7 +91,7 @@ def test_mdpo_term_reuses_features_and_matches_separate_forwards(make_module) ->
     # the augmented block is the chosen answer scored on the augmented image
     batch = batch_for(fast)
     with torch.no_grad():
-        together = fast.sequence_logps(batch, with_augmented=True)["chosen_aug"]
+        together = fast.sequence_logps(batch, ("chosen", "rejected", "chosen_aug"))["chosen_aug"]
         batch.pixel_values = batch.aug_pixel_values
         alone = fast.sequence_logps(batch)["chosen"]
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
@@ -200,3 +200,35 @@ def test_dropout_disabled_and_projector_learning_rate(make_module) -> None:
     assert saved["params"] and all("multi_modal_projector" in names[id(p)] for p in saved["params"])
     kept = make_module(lora_dropout=0.1, disable_dropout=False)
     assert any(m.p == 0.1 for m in kept.model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_reference_logps_from_the_rollout_equal_a_reference_forward(make_module, demo_assets):
+    """With reuse, the chosen answers' reference log-probs come from the reference rollout's own
+    logits (and DPO trains on the generated ids); they equal a reference forward over the same
+    tokens, and the step's reference forward then covers the rejected rows only."""
+    from test_datamodule import datamodule, prompt_batch
+
+    from lightning_aug_dpo import DiffusionNoise
+
+    module = make_module(reuse_rollout_reference_logps=True)
+    dm = datamodule(demo_assets, augmentation=DiffusionNoise(noise_step=900), drop_identical=False)
+    batch = dm.make_pairs(prompt_batch(4), module)
+    assert batch.reference_chosen_logps is not None and len(batch) == 4
+    with torch.no_grad(), module.reference_context():
+        forward = module.sequence_logps(batch)["chosen"]
+    torch.testing.assert_close(batch.reference_chosen_logps, forward, atol=1e-4, rtol=1e-5)
+
+    perturb(module)
+    rows: list[int] = []
+    module.model.get_base_model().lm_head.register_forward_hook(
+        lambda m, args, out: rows.append(out.shape[0])
+    )
+    reused = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
+    assert rows == [8, 4]  # policy: chosen + rejected; reference: rejected only
+    batch.reference_chosen_logps = None
+    computed = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
+    for key in computed:
+        torch.testing.assert_close(reused[key], computed[key], atol=1e-4, rtol=1e-4, msg=key)
+    # stop strings cut texts, not ids: no reuse then
+    dm.sampling = type(dm.sampling)(stop_strings=["zz"])
+    assert dm.make_pairs(prompt_batch(2), module).reference_chosen_logps is None

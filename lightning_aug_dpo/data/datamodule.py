@@ -287,15 +287,21 @@ class AugPairDataModule(pl.LightningDataModule):
             clean, [sample_seed(seed, epoch, i) for i in batch.indices]
         )
 
+        use_reference = self.hparams.rollout_model == "reference"
+        # The reference's log-probs of the chosen answers come with a reference rollout when
+        # the module reuses them; answers cut at a stop string would not match their tokens.
+        reuse = use_reference and getattr(module, "wants_rollout_logps", False)
+        reuse = reuse and not self.sampling.stop_strings
         rollouts = roll_out(
             module,
             clean,
             augmented,
             batch.questions,
             self.hparams.max_new_tokens,
-            use_reference=self.hparams.rollout_model == "reference",
+            use_reference=use_reference,
             sampling=self.sampling,
             seed=sample_seed(seed, epoch, -1 - batch.indices[0]),  # not any sample's seed
+            return_logps=reuse,
         )
         keep, stats = select_pairs(rollouts, self.filters, prompts=len(batch))
         k = rollouts.num_samples
@@ -315,19 +321,29 @@ class AugPairDataModule(pl.LightningDataModule):
             rows.append(row | ({"sample": j % k} if k > 1 else {}))
         if adapt and self.adaptive_strength is not None:
             self._adapt(stats)
+        chosen = [rollouts.chosen[j] for j in keep]
         tokens = module.tokenize_pairs(
             [r["prompt"] for r in rows],
             [r["chosen"] for r in rows],
             [r["rejected"] for r in rows],
             chosen_finished=[r["chosen_finished"] for r in rows],
             rejected_finished=[r["rejected_finished"] for r in rows],
+            # with reuse, DPO scores exactly the generated tokens the log-probs are of
+            chosen_ids=[c.token_ids for c in chosen] if reuse else None,
+            rejected_ids=[rollouts.rejected[j].token_ids for j in keep] if reuse else None,
         )
+        reference_chosen = None
+        lengths = tokens["chosen_attention_mask"].sum(-1).tolist()
+        if reuse and all(n == len(c.token_ids) for n, c in zip(lengths, chosen, strict=True)):
+            # (a response cut to max_length would have a shorter sum: computed in the step)
+            reference_chosen = torch.tensor([c.logp for c in chosen], device=clean.device)
         index = torch.tensor(
             [rollouts.prompt_of(j) for j in keep], dtype=torch.long, device=clean.device
         )
         return PreferenceBatch(
             pixel_values=clean.index_select(0, index),
             aug_pixel_values=augmented.index_select(0, index),
+            reference_chosen_logps=reference_chosen,
             meta=self._meta(stats, rows, strength, skipped, batch.ids),
             **tokens,
         )

@@ -49,11 +49,13 @@ def roll_out(
     use_reference: bool,
     sampling: Sampling,
     seed: int,
+    return_logps: bool = False,
 ) -> Rollouts:
     """Answers on the clean and the augmented images from one ``module.rollout`` call.
 
     ``seed`` seeds the sampling draws (on a forked RNG: the caller's random state is left as
-    it was); ``seconds`` is the wall time of the call, CUDA synchronised.
+    it was); ``seconds`` is the wall time of the call, CUDA synchronised. ``return_logps`` asks
+    for each answer's log-prob under the rollout model (``Rollout.logp``).
     """
     n, k = len(questions), sampling.num_samples
     devices = [clean.device] if clean.device.type == "cuda" else []
@@ -67,6 +69,7 @@ def roll_out(
             max_new_tokens,
             use_reference,
             sampling,
+            return_logps=return_logps,
         )
         _synchronize(clean.device)
         seconds = time.perf_counter() - start
