@@ -24,6 +24,27 @@ def test_qlora_step_zero_is_ln2_on_cuda(make_module) -> None:
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_separate_4bit_reference_and_switches_on_cuda(make_module, tmp_path) -> None:
+    """``reference: separate`` with a starting adapter is ln 2 at step 0 on CUDA (bf16 nf4), and
+    the efficiency switches give the plain path's loss (bf16 tolerance)."""
+    start = make_module()
+    with torch.no_grad():
+        for param in start.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    start.save_adapter(tmp_path / "sft")
+    adapter = str(tmp_path / "sft")
+    common = {"load_in_4bit": True, "torch_dtype": "bfloat16", "init_adapter": adapter}
+    fast = make_module(reference="separate", **common).cuda()
+    plain = make_module(
+        reference="separate", reuse_image_features=False, response_logits_only=False, **common
+    ).cuda()
+    batch = make_batch(fast, ["What color?", "How many?"], ["red", "two"], ["blue", "one"])
+    loss, _ = fast.preference_step(batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert plain.preference_step(batch)[0].item() == pytest.approx(loss.item(), abs=1e-3)
+
+
 # Presets whose result may flip at a threshold (equalize/autocontrast histogram bins, posterize
 # and solarize cut-offs) can differ by a whole level at the few pixels sitting on it.
 DISCONTINUOUS = {"equalize", "autocontrast", "posterize", "solarize", "randaugment", "autoaugment"}
