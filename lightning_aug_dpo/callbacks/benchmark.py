@@ -17,6 +17,7 @@ A judge outage never stops training: the epoch's ``scores.json`` says ``complete
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from lightning_aug_dpo.eval.pipeline import read_scores
 from lightning_aug_dpo.runs import run_dir
 
 
-class BenchmarkCallback(Callback):
+class BenchmarkCallback(Callback, ABC):
     """Base class; subclasses set ``benchmark`` and implement the four hooks below.
 
     Args:
@@ -74,17 +75,17 @@ class BenchmarkCallback(Callback):
         self.last_record: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
     def load(self) -> Any:
         """The benchmark (loader of ``eval``), limited to ``self.limit`` questions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prompts(self, bench: Any) -> tuple[dict[Any, str], dict[Any, Path]]:
         """``({id: question text}, {id: image path})`` in benchmark order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finish(self, bench: Any, answers: dict[Any, str] | None, out: Path) -> dict[str, Any]:
         """Rank 0: write, grade and score into ``out`` (answers ``None``: read from ``out``)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ machinery
     def bench(self) -> Any:
