@@ -1,5 +1,6 @@
 """Mid-epoch resume: a fit killed with SIGKILL and restarted from its last checkpoint continues
-the epoch where it stopped: every prompt once per epoch, in the uninterrupted run's order."""
+the epoch where it stopped (every prompt once per epoch, in the uninterrupted run's order) and
+ends with the uninterrupted run's adapter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TESTS = Path(__file__).resolve().parent
@@ -38,7 +40,7 @@ def trained(log: Path) -> list[tuple[int, int, tuple[str, ...]]]:
     return [(r["epoch"], r["batch"], tuple(r["ids"])) for r in rows]
 
 
-@pytest.mark.parametrize("kill_before_step", [7])  # epoch 1, after its first 2 batches
+@pytest.mark.parametrize("kill_before_step", [3, 7])  # epoch 0 batch 3; epoch 1 batch 2
 def test_killed_fit_resumes_mid_epoch(demo_assets, tmp_path: Path, kill_before_step) -> None:
     (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
     reference = tmp_path / "reference.log"
@@ -56,3 +58,11 @@ def test_killed_fit_resumes_mid_epoch(demo_assets, tmp_path: Path, kill_before_s
     for epoch in range(EPOCHS):
         ids = [i for e, _, batch in trained(killed) if e == epoch for i in batch]
         assert len(ids) == len(set(ids)) == NUM_PROMPTS  # no prompt twice, none skipped
+    # and it ends with the uninterrupted run's adapter: model, optimizer, scheduler, adaptive
+    # strength and every seed were restored
+    runs = sorted((tmp_path / "runs" / "demo").glob("version_*/adapter/adapter_model.safetensors"))
+    assert len(runs) == 2, runs  # the reference and the resumed run (the killed one wrote none)
+    uninterrupted, resumed = (load_file(path) for path in runs)
+    assert uninterrupted.keys() == resumed.keys()
+    worst = max((uninterrupted[k] - resumed[k]).abs().max().item() for k in uninterrupted)
+    assert worst < 1e-6, worst
