@@ -92,6 +92,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             ln 2 at step 0.
         modules_to_save_lr: learning rate of the ``modules_to_save`` (e.g. the projector) when
             it should differ from the optimizer's (LoRA's); ``null``: the same.
+        on_nonfinite: a step whose loss or gradients are NaN/Inf: ``skip`` makes no update
+            (counted in ``train/nonfinite_steps``), ``error`` stops the run naming the step.
+            Either way no adapter or checkpoint with non-finite weights is ever written.
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -119,6 +122,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         export_merged: bool = False,
         disable_dropout: bool = True,
         modules_to_save_lr: float | None = None,
+        on_nonfinite: Literal["skip", "error"] = "skip",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -146,6 +150,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         self.preprocessor: ImagePreprocessor | None = None
         self.train_metrics = PreferenceMetrics()
         self.empty_batches = 0  # steps skipped because filtering left no pair on any rank
+        self.nonfinite_steps = 0  # steps skipped for a NaN/Inf loss or gradient
         self.val_metrics = PreferenceMetrics(sync_on_step=False)
         # The frozen base is not part of checkpoints: only trainable tensors are saved.
         self.strict_loading = False
@@ -501,10 +506,40 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             values = {key: loss.new_zeros(0) for key in PREFERENCE_KEYS}
         else:
             loss, values = self.preference_step(batch)
+        if not self._all_ranks_agree(bool(torch.isfinite(loss))):
+            self._nonfinite(f"loss {loss.item()}")
+            return None
         for name, value in self.train_metrics.update(values).items():
             size = max(len(batch), 1)
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return ok
+        return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _nonfinite(self, what: str) -> None:
+        """A NaN/Inf loss or gradient at this step: count it and go on, or stop."""
+        step = self.trainer.global_step if self._trainer is not None else -1
+        if self.hparams.on_nonfinite == "error":
+            raise FloatingPointError(
+                f"non-finite {what} at optimizer step {step}; no update was made and nothing "
+                "was saved from it. Lower the learning rate, check the data, or set "
+                "model.on_nonfinite: skip to skip such steps"
+            )
+        self.nonfinite_steps += 1
+        log.warning("skipping optimizer step %d: non-finite %s", step, what)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients are all-reduced by now, so every rank decides the same.
+        grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            self._nonfinite("gradient")
+            for param in self.parameters():  # AdamW leaves parameters without a grad alone
+                param.grad = None
 
     def _any_rank_has_pairs(self, has_pairs: bool) -> bool:
         trainer = self._trainer
@@ -558,7 +593,16 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def check_finite(self, what: str) -> None:
+        """Refuse to write ``what`` when a trainable tensor holds NaN/Inf."""
+        bad = [n for n, p in self.named_parameters() if p.requires_grad and not p.isfinite().all()]
+        if bad:
+            raise FloatingPointError(
+                f"not writing {what}: {len(bad)} trainable tensors hold NaN/Inf, e.g. {bad[:3]}"
+            )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite("a checkpoint")
         # Keep checkpoints adapter-sized: the frozen (possibly 4-bit) base reloads from its path.
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
@@ -585,6 +629,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
 
     def save_adapter(self, path: Any) -> None:
         """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        self.check_finite(f"the adapter {path}")
         self.model.save_pretrained(str(path))
 
     def export_merged(self, path: Any) -> None:

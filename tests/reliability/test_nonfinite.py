@@ -1,0 +1,87 @@
+"""Non-finite loss or gradients: the step is skipped and counted (or the run stops), and no
+adapter or checkpoint with NaN/Inf weights is ever written."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import make_batch
+from torch.utils.data import DataLoader
+
+from lightning_aug_dpo import SigmoidDPOLoss
+
+QUESTIONS = ["What color is the circle?", "How many shapes?"]
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class FaultyLoss(SigmoidDPOLoss):
+    """Sigmoid DPO whose loss (``bad="loss"``) or gradient (``bad="grad"``) is NaN on the
+    calls listed in ``at``."""
+
+    def __init__(self, bad: str, at: tuple[int, ...]) -> None:
+        super().__init__(beta=0.1)
+        self.bad, self.at, self.calls = bad, at, 0
+
+    def pair_losses(self, inputs):
+        losses = super().pair_losses(inputs)
+        self.calls += 1
+        if self.calls - 1 in self.at:
+            losses = losses * float("nan") if self.bad == "loss" else _NaNGradient.apply(losses)
+        return losses
+
+
+def fit(make_module, loss: FaultyLoss, steps: int = 3, **kwargs):
+    module = make_module(loss=loss, **kwargs)
+    batches = [make_batch(module, QUESTIONS, ["It is red.", "Two."], ["Blue.", "Three."])] * steps
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+    module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=1e-2)
+    trainer.fit(module, train_dataloaders=loader)
+    return module, trainer
+
+
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_a_nonfinite_step_is_skipped_and_counted(make_module, bad: str) -> None:
+    module, trainer = fit(make_module, FaultyLoss(bad, at=(1,)))
+    assert module.nonfinite_steps == 1
+    assert trainer.global_step == 3  # Lightning counts the step; no parameter moved in it
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert all(torch.isfinite(p).all() for p in trainable)
+    clean, _ = fit(make_module, FaultyLoss(bad, at=()), steps=2)
+    # the skipped batch left no trace: the same weights as two good steps
+    others = [p for p in clean.parameters() if p.requires_grad]
+    for a, b in zip(trainable, others, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_on_nonfinite_error_stops_naming_the_step(make_module) -> None:
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at optimizer step 1"):
+        fit(make_module, FaultyLoss("loss", at=(1,)), on_nonfinite="error")
+
+
+def test_nan_weights_are_never_written(make_module, tmp_path) -> None:
+    module = make_module()
+    with torch.no_grad():
+        next(p for p in module.parameters() if p.requires_grad).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="not writing the adapter"):
+        module.save_adapter(tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+    with pytest.raises(FloatingPointError, match="not writing a checkpoint"):
+        module.on_save_checkpoint({"state_dict": module.state_dict()})
