@@ -51,6 +51,7 @@ from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
     collate_prompts,
+    escapes_folder,
     load_prompts,
     split_prompts,
 )
@@ -108,6 +109,9 @@ class AugPairDataModule(pl.LightningDataModule):
             the epoch's skipped images at its end (a batch left empty makes no optimizer step).
         max_image_pixels: images whose header declares more pixels are rejected without being
             decoded (decompression bombs); ``null``: only PIL's own limit.
+        allow_outside_paths: accept image paths in data files that leave ``image_folder``
+            (absolute, or with ``..``); by default such rows are refused like malformed rows
+            (``on_bad_image``), so a data file cannot make the run read arbitrary files.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class AugPairDataModule(pl.LightningDataModule):
         filters: list[PairFilter] | None = None,
         on_bad_image: Literal["skip", "error"] = "error",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
         if (data_path is None) == (pairs_path is None):
@@ -169,6 +174,8 @@ class AugPairDataModule(pl.LightningDataModule):
             prompts = load_prompts(path, on_bad_row=self.hparams.on_bad_image)
             rows, self.bad_rows = prompts.prompts, prompts.bad_rows
             self.skipped_text_only = prompts.skipped_text_only
+        if not self.hparams.allow_outside_paths:
+            rows = self._refuse_outside_paths(rows, path)
         if self.bad_rows:
             listed = "; ".join(f"{n}: {reason}" for n, reason in self.bad_rows)
             unit = "lines" if str(path).endswith(".jsonl") else "rows"
@@ -185,6 +192,24 @@ class AugPairDataModule(pl.LightningDataModule):
         if self.hparams.pairs_path:
             train = repeat_pairs(train, self.hparams.pairs_repeat)
         self.train_prompts = train
+
+    def _refuse_outside_paths(self, rows: list, path: str) -> list:
+        """Rows whose image leaves the image folder: an error, or skipped into ``bad_rows``."""
+        kept = []
+        for row in rows:
+            if not escapes_folder(row.image):
+                kept.append(row)
+                continue
+            reason = f"image path {row.image!r} leaves data.image_folder"
+            if self.hparams.on_bad_image == "error":
+                raise ValueError(
+                    f"{path}: {row.location or row.id}: {reason} "
+                    f"({self.hparams.image_folder}); make it relative to that folder, or set "
+                    "data.allow_outside_paths: true if the file is trusted"
+                )
+            number = int(row.location.split()[-1]) if row.location else 0
+            self.bad_rows.append((number, reason))
+        return kept
 
     @property
     def batch_size(self) -> int:

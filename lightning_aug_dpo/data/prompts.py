@@ -12,10 +12,11 @@ or are dropped and reported (``"skip"``): bad rows in ``PromptSource.bad_rows``,
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Literal
 
 import torch
@@ -61,6 +62,13 @@ def check_on_bad(value: str, name: str) -> None:
     """The ``skip | error`` policy arguments (``on_bad_row``, ``on_bad_image``) fail early."""
     if value not in ("skip", "error"):
         raise ValueError(f"{name} must be 'skip' or 'error', got {value!r}")
+
+
+def escapes_folder(image: str) -> bool:
+    """Whether an image path from a data file leaves the image folder: absolute, or climbing
+    out with ``..`` (judged on the text, so a symlinked dataset folder still works)."""
+    normal = Path(os.path.normpath(image))
+    return normal.is_absolute() or PureWindowsPath(image).drive != "" or normal.parts[:1] == ("..",)
 
 
 def clean_question(text: str) -> str:
