@@ -494,7 +494,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         strength = batch.meta.get("augment_strength")
         if strength is not None:  # the same on every rank (adaptive strength syncs its counts)
             self.log("train/augment/strength", float(strength), on_step=True, on_epoch=False)
-        if not self._any_rank_has_pairs(len(batch) > 0):
+        if not self._across_ranks(len(batch) > 0, every=False):
             # Filtering emptied the batch on every rank: nothing to learn, no optimizer step.
             self.empty_batches += 1
             self.log("train/pairs/empty_batches", float(self.empty_batches), on_step=True)
@@ -506,7 +506,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             values = {key: loss.new_zeros(0) for key in PREFERENCE_KEYS}
         else:
             loss, values = self.preference_step(batch)
-        if not self._all_ranks_agree(bool(torch.isfinite(loss))):
+        if not self._across_ranks(bool(torch.isfinite(loss)), every=True):
             self._nonfinite(f"loss {loss.item()}")
             return None
         for name, value in self.train_metrics.update(values).items():
@@ -514,11 +514,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=size)
         return loss
 
-    def _all_ranks_agree(self, ok: bool) -> bool:
+    def _across_ranks(self, flag: bool, every: bool) -> bool:
+        """``flag`` on every rank (``every``) or on any rank: one decision all ranks share."""
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1:
-            return ok
-        return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+            return flag
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=every))
 
     def _nonfinite(self, what: str) -> None:
         """A NaN/Inf loss or gradient at this step: count it and go on, or stop."""
@@ -540,12 +541,6 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             self._nonfinite("gradient")
             for param in self.parameters():  # AdamW leaves parameters without a grad alone
                 param.grad = None
-
-    def _any_rank_has_pairs(self, has_pairs: bool) -> bool:
-        trainer = self._trainer
-        if trainer is None or trainer.world_size == 1:
-            return has_pairs
-        return bool(trainer.strategy.reduce_boolean_decision(has_pairs, all=False))
 
     def on_train_epoch_start(self) -> None:
         self.train_metrics.reset_means()

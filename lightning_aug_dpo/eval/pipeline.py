@@ -58,6 +58,31 @@ def read_scores(out: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def _graded_record(
+    benchmark: str,
+    outcome: Any,
+    judge: Judge,
+    runs: int,
+    questions: int,
+    files: dict[str, Any],
+    prefix: str,
+) -> dict[str, Any]:
+    """The score record of a judged benchmark before scoring: what was graded, by whom, and
+    whether grading finished (``scores`` stays None until it did)."""
+    return {
+        "benchmark": benchmark,
+        "complete": outcome.complete,
+        "error": outcome.error,
+        "pending_ids": outcome.pending,
+        "judge": judge.identity(),
+        "runs": runs,
+        "questions": questions,
+        "files": files,
+        "scores": None,
+        "metrics": {f"{prefix}/complete": float(outcome.complete)},
+    }
+
+
 def finish_mmvet(
     bench: MMVetBenchmark,
     answers: dict[str, str] | None,
@@ -75,18 +100,8 @@ def finish_mmvet(
     outcome = grade_mmvet_outcome(judge, bench.items, answers, runs)
     graded = {q: g for q, g in outcome.results.items() if all(x is not None for x in g)}
     write_grades(out / "grades.json", graded)  # type: ignore[arg-type]
-    record: dict[str, Any] = {
-        "benchmark": "mmvet",
-        "complete": outcome.complete,
-        "error": outcome.error,
-        "pending_ids": outcome.pending,
-        "judge": judge.identity(),
-        "runs": runs,
-        "questions": len(bench.items),
-        "files": {"answers": "answers.json", "grades": "grades.json"},
-        "scores": None,
-        "metrics": {f"{prefix}/complete": float(outcome.complete)},
-    }
+    files = {"answers": "answers.json", "grades": "grades.json"}
+    record = _graded_record("mmvet", outcome, judge, runs, len(bench.items), files, prefix)
     if outcome.complete:
         scores = score_mmvet(
             {q: [g.score for g in gs] for q, gs in graded.items()},
@@ -122,21 +137,11 @@ def finish_llava_bench(
     per_run = runs_of(outcome)
     for k, rows_k in enumerate(per_run, start=1):
         write_jsonl(out / f"reviews-run{k}.jsonl", rows_k)
-    record: dict[str, Any] = {
-        "benchmark": "llava_bench",
-        "complete": outcome.complete,
-        "error": outcome.error,
-        "pending_ids": outcome.pending,
-        "judge": judge.identity(),
-        "runs": runs,
-        "questions": len(bench.items),
-        "files": {
-            "answers": "answers.jsonl",
-            "reviews": [f"reviews-run{k}.jsonl" for k in range(1, len(per_run) + 1)],
-        },
-        "scores": None,
-        "metrics": {f"{prefix}/complete": float(outcome.complete)},
+    files = {
+        "answers": "answers.jsonl",
+        "reviews": [f"reviews-run{k}.jsonl" for k in range(1, len(per_run) + 1)],
     }
+    record = _graded_record("llava_bench", outcome, judge, runs, len(bench.items), files, prefix)
     if outcome.complete:
         scores = score_llava_bench(
             per_run, bench.items, {q: i.category for q, i in bench.items.items()}
