@@ -40,6 +40,7 @@ from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, prefer
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
 from lightning_aug_dpo.types import PairStats, PreferenceBatch
+from lightning_aug_dpo.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         self._reference_active = False  # inside reference_context() with a separate reference
         self._full_precision = False  # load_model() without quantisation (merged export)
         self.processor: Any = None
+        self.model_config: Any = None  # the checkpoint's config.json, read before the weights
         self.preprocessor: ImagePreprocessor | None = None
         self.train_metrics = PreferenceMetrics()
         self.empty_batches = 0  # steps skipped because filtering left no pair on any rank
@@ -161,6 +163,20 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(self.hparams.model_name_or_path)
+
+    def load_config(self) -> Any:
+        """The checkpoint's ``PretrainedConfig`` (``config.json``), read before any weights."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.hparams.model_name_or_path)
+
+    def empty_model(self, config: Any) -> nn.Module:
+        """The model class built from ``config`` on the ``meta`` device: module names and
+        shapes without memory or weights (checks LoRA targets before anything loads)."""
+        from transformers import AutoModelForImageTextToText
+
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(config)
 
     def load_model(self) -> nn.Module:
         """The base model, frozen, optionally 4-bit. Override for other auto classes."""
@@ -200,6 +216,20 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
 
     def image_token_id(self) -> int | None:
         return None
+
+    def num_image_tokens(self) -> int | None:
+        """Image tokens one placeholder expands to (``None``: the family does not say)."""
+        return None
+
+    def num_image_features(self, image_shape: tuple[int, int]) -> int | None:
+        """Features the vision tower yields for one ``(H, W)`` model input; a sequence must
+        hold exactly this many image tokens (``None``: not checked)."""
+        return None
+
+    def image_size_problems(self, config: Any) -> list[str]:
+        """Ways the image input size disagrees with the model, each naming the key and the
+        fix (checked before any weights load; ``config`` is the checkpoint's config)."""
+        return []
 
     def generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         """Greedy decoding, as SeVa's rollouts; the image token may never be generated."""
@@ -288,6 +318,8 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         from peft import LoraConfig, PeftModel, get_peft_model
 
         self.processor = self.load_processor()
+        self.model_config = self.load_config()
+        check_config(self, self.model_config)  # every config error before the weights load
         base = self.load_model()
         base.requires_grad_(False)
         base.train()  # from_pretrained returns eval mode; Lightning toggles modes from here on

@@ -7,7 +7,9 @@ CPU workers only decode images. After transfer, ``on_after_batch_transfer`` (on 
 3. roll out answers on the clean image (chosen) and the augmented one (rejected) in ONE
    ``generate`` call (greedy by default; ``sampling`` for temperature, top-p, several samples);
 4. filter: drop pairs whose answers are identical (SeVa) and whatever ``filters`` reject;
-5. tokenise through the module and emit a :class:`PreferenceBatch`.
+5. tokenise through the module, refuse sequences that cannot be trained on (a prompt that
+   ``max_length`` cannot hold with its image tokens, an image-token count that disagrees with
+   the image features: ``on_bad_pair``) and emit a :class:`PreferenceBatch`.
 
 With ``pairs_path`` the pairs come from a file instead (this project's ``predict`` output,
 SeVa's step-3 pairs or TRL rows): steps 2-4 are skipped, augmentation records are replayed.
@@ -58,10 +60,25 @@ from lightning_aug_dpo.data.prompts import (
 from lightning_aug_dpo.data.rollouts import pair_id, roll_out, select_pairs
 from lightning_aug_dpo.data.sampler import ResumableSampler
 from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch, Sampling
+from lightning_aug_dpo.validation import (
+    IMAGE_TOKEN_MISMATCH,
+    PROMPT_TOO_LONG,
+    sequence_problems,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AugPairDataModule", "BadImageSummary", "as_augmentation", "sample_seed"]
+
+
+BAD_PAIR_HINTS = {
+    PROMPT_TOO_LONG: "its prompt with the image tokens leaves no room for an answer in "
+    "model.max_length (cutting it would cut the question or the image tokens); raise "
+    "model.max_length or shorten the question",
+    IMAGE_TOKEN_MISMATCH: "its token sequence holds another number of image tokens than its "
+    "image has features (does the question or an answer contain the image placeholder?); "
+    "remove the placeholder from the text",
+}
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -112,6 +129,11 @@ class AugPairDataModule(pl.LightningDataModule):
         allow_outside_paths: accept image paths in data files that leave ``image_folder``
             (absolute, or with ``..``); by default such rows are refused like malformed rows
             (``on_bad_image``), so a data file cannot make the run read arbitrary files.
+        on_bad_pair: what a tokenised pair that must not be trained on does (its prompt with
+            the image tokens does not fit ``model.max_length``, or it holds another number of
+            image tokens than its image has features, e.g. a question or answer containing
+            the image placeholder): ``skip`` refuses it, counted in
+            ``train/pairs/dropped/<reason>`` and warned about; ``error`` stops naming the pair.
     """
 
     def __init__(
@@ -135,6 +157,7 @@ class AugPairDataModule(pl.LightningDataModule):
         on_bad_image: Literal["skip", "error"] = "error",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
         allow_outside_paths: bool = False,
+        on_bad_pair: Literal["skip", "error"] = "skip",
     ) -> None:
         super().__init__()
         if (data_path is None) == (pairs_path is None):
@@ -346,7 +369,6 @@ class AugPairDataModule(pl.LightningDataModule):
             rows.append(row | ({"sample": j % k} if k > 1 else {}))
         if adapt and self.adaptive_strength is not None:
             self._adapt(stats)
-        chosen = [rollouts.chosen[j] for j in keep]
         tokens = module.tokenize_pairs(
             [r["prompt"] for r in rows],
             [r["chosen"] for r in rows],
@@ -354,9 +376,12 @@ class AugPairDataModule(pl.LightningDataModule):
             chosen_finished=[r["chosen_finished"] for r in rows],
             rejected_finished=[r["rejected_finished"] for r in rows],
             # with reuse, DPO scores exactly the generated tokens the log-probs are of
-            chosen_ids=[c.token_ids for c in chosen] if reuse else None,
+            chosen_ids=[rollouts.chosen[j].token_ids for j in keep] if reuse else None,
             rejected_ids=[rollouts.rejected[j].token_ids for j in keep] if reuse else None,
         )
+        good = self._refuse_bad_sequences(module, tokens, rows, stats, clean.shape[-2:])
+        keep, rows = [keep[i] for i in good], [rows[i] for i in good]
+        chosen = [rollouts.chosen[j] for j in keep]
         reference_chosen = None
         lengths = tokens["chosen_attention_mask"].sum(-1).tolist()
         if reuse and all(n == len(c.token_ids) for n, c in zip(lengths, chosen, strict=True)):
@@ -394,21 +419,57 @@ class AugPairDataModule(pl.LightningDataModule):
         columns = (batch.ids, batch.image_paths, batch.questions, batch.chosen, batch.rejected)
         columns += (batch.augmentations, batch.chosen_finished, batch.rejected_finished)
         rows = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
-        n = len(batch)
-        return PreferenceBatch(
-            pixel_values=clean,
-            aug_pixel_values=augmented,
-            meta=self._meta(
-                PairStats(prompts=n, kept=n, identical=0), rows, None, skipped, batch.ids
-            ),
-            **module.tokenize_pairs(
-                batch.questions,
-                batch.chosen,
-                batch.rejected,
-                chosen_finished=batch.chosen_finished,
-                rejected_finished=batch.rejected_finished,
-            ),
+        tokens = module.tokenize_pairs(
+            batch.questions,
+            batch.chosen,
+            batch.rejected,
+            chosen_finished=batch.chosen_finished,
+            rejected_finished=batch.rejected_finished,
         )
+        stats = PairStats(prompts=len(batch), kept=len(batch), identical=0)
+        good = self._refuse_bad_sequences(module, tokens, rows, stats, clean.shape[-2:])
+        index = torch.tensor(good, dtype=torch.long, device=clean.device)
+        return PreferenceBatch(
+            pixel_values=clean.index_select(0, index),
+            aug_pixel_values=None if augmented is None else augmented.index_select(0, index),
+            meta=self._meta(stats, [rows[i] for i in good], None, skipped, batch.ids),
+            **tokens,
+        )
+
+    def _refuse_bad_sequences(
+        self,
+        module: Any,
+        tokens: dict[str, torch.Tensor],
+        rows: list[dict[str, Any]],
+        stats: PairStats,
+        image_shape: Sequence[int],
+    ) -> list[int]:
+        """Indices of the pairs fit to train on; the others are counted in ``stats.dropped``
+        and removed from ``tokens`` in place (``on_bad_pair: skip``), or stop the run."""
+        problems = sequence_problems(module, tokens, (int(image_shape[0]), int(image_shape[1])))
+        good = [i for i, problem in enumerate(problems) if problem is None]
+        if len(good) == len(rows):
+            return good
+        prompt_lengths = tokens["prompt_attention_mask"].sum(-1).tolist()
+        for row, problem, length in zip(rows, problems, prompt_lengths, strict=True):
+            if problem is None:
+                continue
+            what = (
+                f"pair {row['id']!r} (image {row['image']}, prompt of {length} tokens, "
+                f"model.max_length={module.hparams.max_length}): {problem}"
+            )
+            if self.hparams.on_bad_pair == "error":
+                raise ValueError(
+                    f"{what}: {BAD_PAIR_HINTS[problem]}; or set data.on_bad_pair: skip to "
+                    "refuse and count such pairs"
+                )
+            log.warning("refusing %s: %s", what, BAD_PAIR_HINTS[problem])
+            stats.dropped[problem] = stats.dropped.get(problem, 0) + 1
+            stats.kept -= 1
+        index = torch.tensor(good, dtype=torch.long, device=tokens["prompt_input_ids"].device)
+        for key, value in tokens.items():
+            tokens[key] = value.index_select(0, index)
+        return good
 
     def _meta(
         self,

@@ -8,6 +8,8 @@ out of 4-bit quantisation, and how many tokens the ``<image>`` placeholder expan
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,14 +92,35 @@ class LlavaDPOModule(AugDPOModule):
         ).logits
 
     def image_token_id(self) -> int:
-        return int(self.model.config.image_token_index)
+        return int(self.model_config.image_token_index)
 
     def num_image_tokens(self) -> int:
         """Patches per image, plus CLS when the ``full`` feature strategy keeps it."""
-        config = self.model.config
-        vision = config.vision_config
-        patches = (vision.image_size // vision.patch_size) ** 2
+        side = self.model_config.vision_config.image_size
+        return self.num_image_features((side, side))
+
+    def num_image_features(self, image_shape: tuple[int, int]) -> int:
+        config = self.model_config
+        patch = config.vision_config.patch_size
+        patches = (image_shape[0] // patch) * (image_shape[1] // patch)
         return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+    def image_size_problems(self, config: Any) -> list[str]:
+        """CLIP's position embeddings fix the input size: the processor must make it."""
+        side, made = config.vision_config.image_size, self.image_preprocessor().size
+        if made == side:
+            return []
+        path = self.hparams.model_name_or_path
+        # transformers >= 5 keeps the image processor inside processor_config.json
+        where = "preprocessor_config.json crop_size"
+        if not (Path(path) / "preprocessor_config.json").exists():
+            where = "processor_config.json image_processor.crop_size"
+        return [
+            f"{path}: the image processor makes {made}x{made} inputs ({where}) but the vision "
+            f"tower takes {side}x{side} (config.json vision_config.image_size), so image "
+            f"features would not match the image tokens. Fix: set that crop_size (and "
+            f"size.shortest_edge) to {side}, or use the processor saved with this model"
+        ]
 
     def expand_image_tokens(self, prompt: str) -> str:
         token = self.processor.image_token

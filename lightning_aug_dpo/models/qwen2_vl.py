@@ -112,7 +112,7 @@ class Qwen2VLDPOModule(AugDPOModule):
         return answer
 
     def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+        return int(self.model_config.image_token_id)
 
     def generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         """Greedy decoding; none of the vision markers may be generated (a random or
@@ -154,7 +154,18 @@ class Qwen2VLDPOModule(AugDPOModule):
 
     def num_image_tokens(self) -> int:
         """One token per ``merge_size x merge_size`` group of patches."""
-        return (self.image_side // (self.patch_size * self.merge_size)) ** 2
+        return self.num_image_features((self.image_side, self.image_side))
+
+    def num_image_features(self, image_shape: tuple[int, int]) -> int:
+        factor = self.patch_size * self.merge_size
+        return (image_shape[0] // factor) * (image_shape[1] // factor)
+
+    def image_size_problems(self, config: Any) -> list[str]:
+        try:
+            self.image_side  # noqa: B018 - validates image_size against the patch grid
+        except ValueError as err:
+            return [f"model.{err}"]
+        return []
 
     def expand_image_tokens(self, prompt: str) -> str:
         # By id, not a tokenizer attribute: the hub tokenizers do not all name their image token.
