@@ -123,7 +123,8 @@ class OpenAIJudge(ChatJudge):
                     payload = self._post(data)
                 return self._reply(payload)
             except urllib.error.HTTPError as err:
-                detail = self._scrub(err.read().decode("utf-8", "replace")[:300])
+                # Scrub, then cut: a cut first could keep most of an echoed key, unscrubbed.
+                detail = self._scrub(err.read().decode("utf-8", "replace"))[:300]
                 if err.code not in RETRY_STATUS and err.code < 500:
                     hint = " (set the key's environment variable)" if err.code in (401, 403) else ""
                     env = f" from ${self.api_key_env}" if self.api_key_env else ""
@@ -164,6 +165,7 @@ class OpenAIJudge(ChatJudge):
         try:
             text = payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"not a chat-completion reply: {str(payload)[:200]}") from err
+            shown = self._scrub(str(payload))[:200]  # scrub before the cut (see chat)
+            raise ValueError(f"not a chat-completion reply: {shown}") from err
         model = payload.get("model") or self.name
         return ChatReply(text if isinstance(text, str) else "", str(model))

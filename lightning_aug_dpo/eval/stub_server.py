@@ -1,10 +1,14 @@
 """A loopback OpenAI-compatible chat-completions server, for tests and offline smoke runs.
 
 ``StubChatServer`` speaks just enough of ``POST /v1/chat/completions`` for the HTTP judge, and can
-misbehave on request: a test queues faults (``"429"``, ``"500"``, ``"slow"``, ``"garbage"``,
-``"drop"``) that the next requests get, in order, before normal replies resume. Normal replies
+misbehave on request: a test queues faults (``"401"``, ``"429"``, ``"500"``, ``"503"``,
+``"slow"``, ``"garbage"``, ``"drop"``, ``"not_chat"``: a 200 whose JSON is an error, not a chat
+completion) that the next requests get, in order, before normal replies resume. Normal replies
 come from ``responder(body) -> text``. Every request body and its ``Authorization`` header are
-recorded (the secrets test checks that keys reach the header and nothing else).
+recorded (the secrets test checks that keys reach the header and nothing else). An error fault's
+body is ``{"error": {"message": error_detail}}``, where ``{auth}`` in ``error_detail`` becomes the
+request's ``Authorization`` header: a careless server that echoes the key, as the secrets tests
+need (the judge must scrub it from its error messages).
 
     with StubChatServer(lambda body: "0.5") as server:
         judge = OpenAIJudge(base_url=server.base_url, model="stub")
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "503", "slow", "garbage", "drop", "401")
+FAULTS = ("429", "500", "503", "slow", "garbage", "drop", "401", "not_chat")
 
 
 class StubChatServer:
@@ -31,10 +35,12 @@ class StubChatServer:
         responder: Callable[[dict[str, Any]], str] | None = None,
         model: str = "stub-judge",
         slow_seconds: float = 2.0,
+        error_detail: str = "stub fault",
     ) -> None:
         self.responder = responder or (lambda body: "1.0")
         self.model = model
         self.slow_seconds = slow_seconds
+        self.error_detail = error_detail
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []
@@ -90,9 +96,10 @@ class StubChatServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                auth = self.headers.get("Authorization")
                 with stub._lock:
                     stub.requests.append(body)
-                    stub.auth_headers.append(self.headers.get("Authorization"))
+                    stub.auth_headers.append(auth)
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, b'{"error": "not found"}')
                     return
@@ -103,9 +110,14 @@ class StubChatServer:
                     return
                 if fault == "slow":
                     time.sleep(stub.slow_seconds)
+                detail = stub.error_detail.replace("{auth}", str(auth))
+                error = json.dumps({"error": {"message": detail}}).encode("utf-8")
                 if fault in ("429", "500", "503", "401"):
                     retry = {"Retry-After": "0"} if fault == "429" else None
-                    self._send(int(fault), b'{"error": {"message": "stub fault"}}', retry)
+                    self._send(int(fault), error, retry)
+                    return
+                if fault == "not_chat":
+                    self._send(200, error)
                     return
                 if fault == "garbage":
                     self._send(200, b"<html>definitely not json")
