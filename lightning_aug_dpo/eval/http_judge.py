@@ -14,12 +14,27 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from lightning_aug_dpo.eval.judges import ChatJudge, ChatReply, JudgeError, JudgeUnavailable
 
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
+
+
+def refuse_credentials(base_url: str) -> str:
+    """``base_url`` unless it carries a user, password or query string: the URL is recorded in
+    ``config.yaml``, grade files and logs, so a key in it would be written everywhere."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.username or parts.password or parts.query:
+        raise ValueError(
+            "the judge's base_url carries credentials or a query string, and would write them "
+            "to config.yaml and the grade files; give the bare endpoint (e.g. "
+            "https://api.openai.com/v1) and the key through the environment variable named by "
+            "api_key_env"
+        )
+    return base_url
 
 
 class OpenAIJudge(ChatJudge):
@@ -74,7 +89,7 @@ class OpenAIJudge(ChatJudge):
         )
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = refuse_credentials(base_url).rstrip("/")
         self.name = model
         self.api_key_env = api_key_env
         self.timeout = timeout

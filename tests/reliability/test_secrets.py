@@ -307,3 +307,18 @@ def test_the_mmvet_job_with_a_judge_key_never_writes_or_prints_it(
     written = {"out/answers.json", "out/grades.json", "out/scores.json", "out/judge_cache.jsonl"}
     assert written <= set(files)
     assert json.loads((out / "scores.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:sk-test-abc@api.example.com/v1",
+        "https://api.example.com/v1?api-key=sk-test-abc",
+    ],
+)
+def test_a_key_in_the_judge_url_is_refused(url: str) -> None:
+    # The URL is recorded in config.yaml and grade files: a key there would be written out.
+    with pytest.raises(ValueError, match=r"base_url carries credentials.*api_key_env") as error:
+        OpenAIJudge(base_url=url, model="gpt-4")
+    assert "sk-test-abc" not in str(error.value)
+    assert OpenAIJudge(base_url="http://127.0.0.1:8000/v1/", model="m").base_url.endswith("/v1")
