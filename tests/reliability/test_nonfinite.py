@@ -3,6 +3,8 @@ adapter or checkpoint with NaN/Inf weights is ever written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -40,13 +42,14 @@ class FaultyLoss(SigmoidDPOLoss):
         return losses
 
 
-def fit(make_module, loss: FaultyLoss, steps: int = 3, **kwargs):
+def fit(make_module, tmp_path: Path, loss: FaultyLoss, steps: int = 3, **kwargs):
     module = make_module(loss=loss, **kwargs)
     batches = [make_batch(module, QUESTIONS, ["It is red.", "Two."], ["Blue.", "Three."])] * steps
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=1,
         logger=False,
+        default_root_dir=tmp_path,  # the adapter is written here at the end of fit
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -58,22 +61,22 @@ def fit(make_module, loss: FaultyLoss, steps: int = 3, **kwargs):
 
 
 @pytest.mark.parametrize("bad", ["loss", "grad"])
-def test_a_nonfinite_step_is_skipped_and_counted(make_module, bad: str) -> None:
-    module, trainer = fit(make_module, FaultyLoss(bad, at=(1,)))
+def test_a_nonfinite_step_is_skipped_and_counted(make_module, tmp_path, bad: str) -> None:
+    module, trainer = fit(make_module, tmp_path / "faulty", FaultyLoss(bad, at=(1,)))
     assert module.nonfinite_steps == 1
     assert trainer.global_step == 3  # Lightning counts the step; no parameter moved in it
     trainable = [p for p in module.parameters() if p.requires_grad]
     assert all(torch.isfinite(p).all() for p in trainable)
-    clean, _ = fit(make_module, FaultyLoss(bad, at=()), steps=2)
+    clean, _ = fit(make_module, tmp_path / "clean", FaultyLoss(bad, at=()), steps=2)
     # the skipped batch left no trace: the same weights as two good steps
     others = [p for p in clean.parameters() if p.requires_grad]
     for a, b in zip(trainable, others, strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_on_nonfinite_error_stops_naming_the_step(make_module) -> None:
+def test_on_nonfinite_error_stops_naming_the_step(make_module, tmp_path) -> None:
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at optimizer step 1"):
-        fit(make_module, FaultyLoss("loss", at=(1,)), on_nonfinite="error")
+        fit(make_module, tmp_path, FaultyLoss("loss", at=(1,)), on_nonfinite="error")
 
 
 def test_nan_weights_are_never_written(make_module, tmp_path) -> None:
