@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,16 @@ def trained(log: Path) -> list[tuple[int, int, tuple[str, ...]]]:
     return [(r["epoch"], r["batch"], tuple(r["ids"])) for r in rows]
 
 
-@pytest.mark.parametrize("kill_before_step", [3, 7])  # epoch 0 batch 3; epoch 1 batch 2
+# Epoch 0 batch 3, epoch 1 batch 2, and a step drawn anew at each collection (shown in the test
+# id, e.g. ``[random-4]``; ``KILL_STEP=4 pytest ...`` replays it).
+RANDOM_STEP = int(
+    os.environ.get("KILL_STEP")
+    or random.SystemRandom().randint(1, EPOCHS * NUM_PROMPTS // BATCH_SIZE - 1)
+)
+KILL_STEPS = [3, 7, pytest.param(RANDOM_STEP, id=f"random-{RANDOM_STEP}")]
+
+
+@pytest.mark.parametrize("kill_before_step", KILL_STEPS)
 def test_killed_fit_resumes_mid_epoch(demo_assets, tmp_path: Path, kill_before_step) -> None:
     (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
     reference = tmp_path / "reference.log"
