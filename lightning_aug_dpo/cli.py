@@ -15,15 +15,33 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_aug_dpo.checkpoint_io import explain_load_errors, use_atomic_checkpoints
 from lightning_aug_dpo.data import AugPairDataModule
 from lightning_aug_dpo.module import AugDPOModule
 
 
 class AugDPOCLI(LightningCLI):
-    """LightningCLI with subclass mode for both the model and the data."""
+    """LightningCLI with subclass mode for both the model and the data, whose Trainer writes
+    ``.ckpt`` files atomically and resumes with ``torch.load(weights_only=True)``
+    (:class:`AtomicCheckpointIO`: no plugin to configure)."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyperparameters of --ckpt_path (weights_only=True) before any
+        # Trainer exists: give a damaged or unsafe checkpoint our message, naming the file.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        with explain_load_errors(path):
+            super()._parse_ckpt_path()
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AugDPOCLI:

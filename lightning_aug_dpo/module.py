@@ -27,6 +27,7 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lightning_aug_dpo.atomic import atomic_dir
 from lightning_aug_dpo.augment import ImagePreprocessor
 from lightning_aug_dpo.generation import RolloutMixin
 from lightning_aug_dpo.losses import (
@@ -38,6 +39,7 @@ from lightning_aug_dpo.losses import (
 )
 from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, preference_values
 from lightning_aug_dpo.runs import run_dir
+from lightning_aug_dpo.safe_loading import load_adapter, model_kwargs
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
 from lightning_aug_dpo.types import PairStats, PreferenceBatch
 from lightning_aug_dpo.validation import check_config
@@ -96,6 +98,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         on_nonfinite: a step whose loss or gradients are NaN/Inf: ``skip`` makes no update
             (counted in ``train/nonfinite_steps``), ``error`` stops the run naming the step.
             Either way no adapter or checkpoint with non-finite weights is ever written.
+        trust_remote_code: run code shipped with the checkpoint; off unless you trust it.
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -124,6 +127,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         disable_dropout: bool = True,
         modules_to_save_lr: float | None = None,
         on_nonfinite: Literal["skip", "error"] = "skip",
+        trust_remote_code: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -162,7 +166,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         """Processor (tokenizer + image processor) of the checkpoint."""
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(self.hparams.model_name_or_path)
+        return AutoProcessor.from_pretrained(
+            self.hparams.model_name_or_path, trust_remote_code=self.hparams.trust_remote_code
+        )
 
     def load_config(self) -> Any:
         """The checkpoint's ``PretrainedConfig`` (``config.json``), read before any weights."""
@@ -295,7 +301,11 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         return getattr(self.processor, "tokenizer", self.processor)
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"dtype": self.compute_dtype}
+        """Keyword arguments of the model's ``from_pretrained``: safetensors weights only (a
+        local folder with only ``.bin`` pickles is refused naming the fix), no shipped code
+        unless ``trust_remote_code``, dtype and quantisation."""
+        path, trust = self.hparams.model_name_or_path, self.hparams.trust_remote_code
+        kwargs: dict[str, Any] = {"dtype": self.compute_dtype, **model_kwargs(path, trust)}
         if self.hparams.load_in_4bit and not self._full_precision:
             from transformers import BitsAndBytesConfig
 
@@ -315,7 +325,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         """Load processor and base, freeze the base, attach LoRA. Idempotent."""
         if self.model is not None:
             return
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
         self.processor = self.load_processor()
         self.model_config = self.load_config()
@@ -330,7 +340,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             base.enable_input_require_grads()
         init_adapter = self.hparams.init_adapter
         if init_adapter:
-            self.model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+            self.model = load_adapter(base, init_adapter, is_trainable=True)  # safetensors
         else:
             lora = LoraConfig(
                 r=self.hparams.lora_r,
@@ -363,11 +373,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
     def _load_reference(self, init_adapter: str | None) -> nn.Module:
         """A second frozen copy of the base (quantised like the policy's), with the starting
         adapter attached and frozen: the reference for ``reference: separate``."""
-        from peft import PeftModel
-
         reference = self.load_model()
         if init_adapter:
-            reference = PeftModel.from_pretrained(reference, init_adapter, is_trainable=False)
+            reference = load_adapter(reference, init_adapter, is_trainable=False)
         reference.requires_grad_(False)
         # A reference is deterministic: no dropout, whatever the adapter was trained with. It
         # follows the policy's train/eval mode (Lightning toggles both) because bitsandbytes'
@@ -655,9 +663,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
                 self.export_merged(run_dir(self.trainer) / "merged")
 
     def save_adapter(self, path: Any) -> None:
-        """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
+        written to a temporary folder beside ``path`` and renamed into place: a kill mid-save
+        leaves the previous adapter (or none), never a partial one."""
         self.check_finite(f"the adapter {path}")
-        self.model.save_pretrained(str(path))
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(str(tmp))
 
     def export_merged(self, path: Any) -> None:
         """A plain transformers checkpoint: the base in ``torch_dtype`` (never 4-bit: merging
@@ -673,5 +684,6 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             finally:
                 self._full_precision = False
             merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-        merged.save_pretrained(str(path))
-        self.processor.save_pretrained(str(path))
+        with atomic_dir(path) as tmp:  # all of merged/ or the previous one, as save_adapter
+            merged.save_pretrained(str(tmp))
+            self.processor.save_pretrained(str(tmp))

@@ -51,7 +51,9 @@ def build_preprocessor(size: int, model: str | None) -> ImagePreprocessor:
         return ImagePreprocessor(size, CLIP_MEAN, CLIP_STD)
     from transformers import AutoImageProcessor  # slow import, only when a model is named
 
-    return ImagePreprocessor.from_image_processor(AutoImageProcessor.from_pretrained(model))
+    # Only the preprocessing config is read: never code shipped with the checkpoint.
+    processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=False)
+    return ImagePreprocessor.from_image_processor(processor)
 
 
 def tile_origin(row: int, col: int, side: int, caption_height: int) -> tuple[int, int]:

@@ -31,7 +31,6 @@ per-preset numbers, per-batch median and minimum on the device side) to ``--outp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_aug_dpo.atomic import write_json
 from lightning_aug_dpo.augment.base import CLIP_MEAN, CLIP_STD
 from lightning_aug_dpo.augment.preprocess import ImagePreprocessor
 from lightning_aug_dpo.augment.presets import Preset
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)  # atomic: an interrupted run keeps the old report
     print(format_table(results))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -55,7 +55,6 @@ Prints a markdown table and writes JSON (machine, settings, per-step numbers) to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -69,6 +68,7 @@ from typing import Any
 import torch
 import yaml
 
+from lightning_aug_dpo.atomic import write_json
 from lightning_aug_dpo.losses import SigmoidDPOLoss
 from lightning_aug_dpo.models.llava import LlavaDPOModule
 from lightning_aug_dpo.trl_compat import (
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_max_abs_diff": max(diffs),
     }  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)  # atomic: an interrupted run keeps the old report
     print(format_table(report))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from lightning_aug_dpo.atomic import write_json
 from lightning_aug_dpo.data.datamodule import AugPairDataModule
 from lightning_aug_dpo.models.llava import LlavaDPOModule
 from lightning_aug_dpo.models.tiny import TinyLlavaSpec, write_tiny_llava
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)  # atomic: an interrupted run keeps the old report
     print(format_table(rows))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

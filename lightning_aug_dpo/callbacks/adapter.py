@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_aug_dpo.checkpoint_io import use_atomic_checkpoints
+
 
 def adapter_dir_for(ckpt_path: str | Path) -> Path:
     """``epoch=0-step=8.ckpt`` -> ``epoch=0-step=8-adapter/``."""
@@ -21,7 +23,15 @@ class AdapterCheckpoint(ModelCheckpoint):
     The ``.ckpt`` holds only trainable tensors and optimizer state (for resuming); the
     ``-adapter/`` folder loads with plain ``peft.PeftModel.from_pretrained``. Takes every
     argument of ``ModelCheckpoint``.
+
+    Both are written atomically (a temporary name beside them, then a rename): the ``.ckpt``
+    through :class:`AtomicCheckpointIO`, which this callback installs on the Trainer when it
+    uses Lightning's default one, the adapter through ``AugDPOModule.save_adapter``.
     """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        use_atomic_checkpoints(trainer)  # before a resume reads, and before the first save
+        super().setup(trainer, pl_module, stage)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

@@ -12,10 +12,8 @@ import base64
 import html
 import io
 import json
-import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageDraw, ImageFont
 
+from lightning_aug_dpo.atomic import write_text
 from lightning_aug_dpo.augment.base import CLIP_MEAN, CLIP_STD
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.types import PreferenceBatch
@@ -282,17 +281,6 @@ def render_page(
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and ``os.replace``: a browser never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # only global rank 0 writes: a fixed name is safe
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class PairGalleryCallback(Callback):
     """Log clean/augmented image pairs with their answers, every ``every_n_steps`` steps.
 
@@ -380,7 +368,7 @@ class PairGalleryCallback(Callback):
         page = render_page(
             self.sections, f"augmentation pairs: {run_dir(trainer)}", self.thumbnail_size
         )
-        write_atomic(run_dir(trainer) / self.filename, page)
+        write_text(run_dir(trainer) / self.filename, page)  # atomic: never half a page
         self.last_step = step
         return grid
 

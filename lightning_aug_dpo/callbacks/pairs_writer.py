@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightning_aug_dpo.atomic import write_lines
 from lightning_aug_dpo.data.rollouts import prompt_id_of
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,6 @@ def read_done(path: Path) -> set[str]:
     return set(_complete_lines(done_path(path)))
 
 
-def _atomic_write(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def merge_shards(shards: list[Path], output_path: Path) -> int:
     """Merge pairs files into ``output_path`` (which may be one of them) with their commit
     records: rows of uncommitted prompts are dropped, the first occurrence of each id wins, and
@@ -162,8 +157,8 @@ def merge_shards(shards: list[Path], output_path: Path) -> int:
                 seen.add(row["id"])
                 rows.append(line)
     if shards and (output_path.exists() or any(s.exists() for s in shards)):
-        _atomic_write(output_path, rows)
-        _atomic_write(done_path(output_path), done)
+        write_lines(output_path, rows)
+        write_lines(done_path(output_path), done)
     for shard in shards:
         if shard != output_path:
             shard.unlink(missing_ok=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 from rich.table import Table
 
+from lightning_aug_dpo.atomic import write_json
 from lightning_aug_dpo.runs import run_dir
 
 
@@ -48,7 +47,8 @@ class RunSummary(Callback):
         summary = self.summary(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # atomic: a run killed here leaves no half summary that reads as a finished run's
+        write_json(run_dir(trainer) / "summary.json", summary)
         table = Table(title="lightning-aug-dpo: run summary", show_header=False)
         table.add_column("what", style="bold")
         table.add_column("value")

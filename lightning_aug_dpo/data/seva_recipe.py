@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lightning_aug_dpo.atomic import write_lines
 from lightning_aug_dpo.data.prompts import clean_question, read_llava_json
 
 SUBSETS = ("ocrvqa", "textcaps")
@@ -203,11 +204,8 @@ def write_prompt_list(rows: Sequence[dict[str, str]], path: str | Path) -> Path:
         path: output file; parent folders are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            # json.dumps defaults (ASCII escapes, ", " / ": ") match SeVa's published files.
-            f.write(json.dumps({"image": row["image"], "text": row["text"]}) + "\n")
+    # json.dumps defaults (ASCII escapes, ", " / ": ") match SeVa's published files.
+    write_lines(path, (json.dumps({"image": r["image"], "text": r["text"]}) for r in rows))
     return path
 
 

@@ -4,13 +4,14 @@ One JSON-lines file, appended to after every reply and flushed, so that an inter
 loses at most the request in flight and a rerun with the same answers, prompts, judge model and
 settings sends nothing. The key is the sha256 of the canonical JSON of the request (endpoint,
 model, messages, temperature, max_tokens, seed/run) and never includes credentials: API keys live
-in headers, which are not part of it. A torn last line (a killed process) is skipped on load.
+in headers, which are not part of it. A torn last line (a killed process) is dropped on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,23 @@ class JudgeCache:
         self.hits = 0
         self.misses = 0
         if self.path.is_file():
-            with self.path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a kill; the request is simply sent again
-                    if isinstance(row, dict) and "key" in row and "value" in row:
-                        self._data[row["key"]] = row["value"]
+            self._load()
+
+    def _load(self) -> None:
+        """Read the complete lines. A torn last line (no final newline: the process was killed
+        while appending) is cut off the file, so that the next append starts a fresh line
+        instead of gluing a reply onto the fragment; its request is simply sent again."""
+        data = self.path.read_bytes()
+        complete, _, torn = data.rpartition(b"\n")
+        if torn:
+            os.truncate(self.path, len(data) - len(torn))
+        for line in complete.split(b"\n"):
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a damaged line (edited by hand?): its request is sent again
+            if isinstance(row, dict) and "key" in row and isinstance(row.get("value"), dict):
+                self._data[row["key"]] = row["value"]
 
     def __len__(self) -> int:
         return len(self._data)

@@ -8,11 +8,12 @@ benchmark versions).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_aug_dpo import atomic
 
 
 def id_sort_key(qid: str) -> tuple[str, int]:
@@ -87,21 +88,12 @@ def read_jsonl(path: str | Path, what: str, required: Sequence[str] = ()) -> lis
 
 def write_json(path: str | Path, data: Any) -> None:
     """Indented UTF-8 JSON, written to a temporary file and renamed (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """One JSON object per line (UTF-8), atomically as :func:`write_json`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_lines(path, (json.dumps(dict(row), ensure_ascii=False) for row in rows))
 
 
 def check_images(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_aug_dpo.eval.judges import ChatJudge, ChatReply, JudgeError
+from lightning_aug_dpo.safe_loading import model_kwargs
 
 
 class HFJudge(ChatJudge):
@@ -22,6 +23,8 @@ class HFJudge(ChatJudge):
         device: ``cpu``, ``cuda``, ``cuda:1``, ...
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         name: the model name recorded in grade files (default: the directory name).
+        trust_remote_code: run code shipped with the checkpoint; off unless you trust it.
+            Weights are read from safetensors only.
         **kwargs: prompt files, cache and protocol options of :class:`ChatJudge`.
     """
 
@@ -39,6 +42,7 @@ class HFJudge(ChatJudge):
         max_attempts: int = 5,
         llava_temperature: float = 0.2,
         llava_max_tokens: int = 1024,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(
             mmvet_prompt_file,
@@ -52,6 +56,7 @@ class HFJudge(ChatJudge):
         self.name = name or Path(self.model_name_or_path.rstrip("/")).name
         self.device = device
         self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -64,9 +69,10 @@ class HFJudge(ChatJudge):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path)
+            path, trust = self.model_name_or_path, self.trust_remote_code
+            self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
             self._model = AutoModelForCausalLM.from_pretrained(
-                self.model_name_or_path, dtype=getattr(torch, self.dtype)
+                path, dtype=getattr(torch, self.dtype), **model_kwargs(path, trust)
             )
         except (OSError, ValueError) as err:
             raise JudgeError(

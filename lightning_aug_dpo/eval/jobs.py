@@ -21,7 +21,8 @@ from lightning_aug_dpo.eval.judges import Judge, RuleJudge
 
 
 def add_model_args(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """``--model --adapter --dtype --device --max-new-tokens --batch-size --limit``."""
+    """``--model --adapter --dtype --device --trust-remote-code --max-new-tokens --batch-size
+    --limit``."""
     group = parser.add_argument_group("model and generation")
     group.add_argument(
         "--model",
@@ -34,6 +35,10 @@ def add_model_args(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAUL
         help="weight dtype (default: bfloat16; use float32 on CPU)",
     )  # fmt: skip
     group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
+    group.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run code shipped with --model's checkpoint (off: only if you trust it)",
+    )  # fmt: skip
     group.add_argument(
         "--max-new-tokens", type=int, default=max_new_tokens,
         help=f"answer length in tokens (default: {max_new_tokens}, the LLaVA-1.5 protocol)",
@@ -67,6 +72,10 @@ def add_judge_args(parser: argparse.ArgumentParser, llava: bool = False) -> None
     )  # fmt: skip
     group.add_argument("--judge-concurrency", type=int, default=4, help="requests in flight")
     group.add_argument("--judge-device", default="cpu", help="device of an hf judge")
+    group.add_argument(
+        "--judge-trust-remote-code", action="store_true",
+        help="let an hf judge run code shipped with its checkpoint (off: only if you trust it)",
+    )  # fmt: skip
     group.add_argument("--runs", type=int, default=1, help="grading runs (mean and std over runs)")
     group.add_argument("--cache", help="judge reply cache (default: OUT/judge_cache.jsonl)")
     if llava:
@@ -93,7 +102,8 @@ def judge_from_args(args: argparse.Namespace, out: Path) -> Judge:
         "cache_path": str(args.cache or out / "judge_cache.jsonl"),
     }
     if args.judge == "hf":
-        return HFJudge(args.judge_model, device=args.judge_device, **files)
+        trust = args.judge_trust_remote_code
+        return HFJudge(args.judge_model, device=args.judge_device, trust_remote_code=trust, **files)
     return OpenAIJudge(
         base_url=args.judge_base_url,
         model=args.judge_model,
@@ -146,7 +156,10 @@ def llava_loader(args: argparse.Namespace) -> Callable[[], Answerer]:
             raise SystemExit("answers are missing: give --model (and --adapter) to generate them")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         module = LlavaDPOModule(
-            model_name_or_path=args.model, init_adapter=args.adapter, torch_dtype=args.dtype
+            model_name_or_path=args.model,
+            init_adapter=args.adapter,
+            torch_dtype=args.dtype,
+            trust_remote_code=getattr(args, "trust_remote_code", False),
         )
         module.configure_model()
         return module.to(device).eval()

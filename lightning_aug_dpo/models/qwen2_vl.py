@@ -80,14 +80,15 @@ class Qwen2VLDPOModule(AugDPOModule):
     def load_processor(self) -> TokenizerAndImageProcessor:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        path = self.hparams.model_name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        path, trust = self.hparams.model_name_or_path, self.hparams.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         if tokenizer.chat_template is None:
             raise ValueError(
                 f"{path}: the tokenizer has no chat template; add Qwen2-VL-Instruct's "
                 "chat_template to tokenizer_config.json (or a chat_template.jinja file)"
             )
-        return TokenizerAndImageProcessor(tokenizer, AutoImageProcessor.from_pretrained(path))
+        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust)
+        return TokenizerAndImageProcessor(tokenizer, image_processor)
 
     def load_model(self) -> nn.Module:
         from transformers import Qwen2VLForConditionalGeneration
