@@ -174,7 +174,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         """The checkpoint's ``PretrainedConfig`` (``config.json``), read before any weights."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.hparams.model_name_or_path)
+        return AutoConfig.from_pretrained(
+            self.hparams.model_name_or_path, trust_remote_code=self.hparams.trust_remote_code
+        )
 
     def empty_model(self, config: Any) -> nn.Module:
         """The model class built from ``config`` on the ``meta`` device: module names and

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_aug_dpo import AugPairDataModule
-from lightning_aug_dpo.callbacks.pairs_writer import done_path, merge_shards, read_done
+from lightning_aug_dpo.callbacks.pairs_writer import read_done
 from lightning_aug_dpo.cli import cli_main
 from lightning_aug_dpo.data.pairs import PairBatch
 
@@ -59,27 +59,6 @@ def test_predict_resumes_and_gives_the_same_pairs(demo_cwd: Path) -> None:
     # the rerun with nothing left to do leaves the file as it is
     predict()
     assert rows_of(out) == resumed
-
-
-def test_a_torn_write_is_repaired_and_its_prompt_rolled_out_again(tmp_path: Path) -> None:
-    out = tmp_path / "pairs.jsonl"
-    rows = [{"id": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(3)]
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "p3", "cho')
-    done_path(out).write_text("p0\np1\n")  # p2's rows were written, its commit was not
-    assert merge_shards([out], out) == 2
-    assert [r["id"] for r in rows_of(out)] == ["p0", "p1"]
-    assert read_done(out) == {"p0", "p1"}
-    # a shard from an interrupted DDP run is merged in (and removed); duplicate ids once
-    shard = tmp_path / "pairs.rank1.jsonl"
-    shard.write_text(json.dumps(rows[1]) + "\n" + json.dumps({"id": "q", "a": 1}) + "\n")
-    done_path(shard).write_text("p1\nq\n")
-    assert merge_shards([out, shard], out) == 3
-    assert [r["id"] for r in rows_of(out)] == ["p0", "p1", "q"]
-    assert not shard.exists() and not done_path(shard).exists()
-    # a damaged line in the middle is an error naming the file and line
-    out.write_text('{"id": "p0"}\nnot json\n{"id": "p1"}\n')
-    with pytest.raises(ValueError, match=r"pairs.jsonl: line 2 is not valid JSON"):
-        merge_shards([out], out)
 
 
 def test_fit_trains_from_a_predicted_pairs_file_with_repetition(demo_cwd: Path) -> None:

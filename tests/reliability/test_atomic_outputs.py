@@ -8,6 +8,7 @@ of the bytes, so no ``finally`` or ``except`` of the writer runs.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import traceback
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 
 from lightning_aug_dpo.atomic import atomic_dir, remove_leftovers, write_json
 from lightning_aug_dpo.callbacks import RunSummary
+from lightning_aug_dpo.callbacks.pairs_writer import done_path, merge_shards, read_done
 from lightning_aug_dpo.checkpoint_io import AtomicCheckpointIO
 from lightning_aug_dpo.eval.cache import JudgeCache
 from lightning_aug_dpo.eval.files import read_json_dict
@@ -266,3 +268,28 @@ def test_the_judge_cache_drops_a_torn_last_line(tmp_path: Path) -> None:
     assert path.read_bytes() == whole  # the fragment is cut off the file
     reloaded.put({"q": 3}, {"text": "1.0"})  # so the next append is a line of its own
     assert len(JudgeCache(path)) == 3
+
+
+def pair_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_torn_write_is_repaired_and_its_prompt_rolled_out_again(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(3)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "p3", "cho')
+    done_path(out).write_text("p0\np1\n")  # p2's rows were written, its commit was not
+    assert merge_shards([out], out) == 2
+    assert [r["id"] for r in pair_rows(out)] == ["p0", "p1"]
+    assert read_done(out) == {"p0", "p1"}
+    # a shard from an interrupted DDP run is merged in (and removed); duplicate ids once
+    shard = tmp_path / "pairs.rank1.jsonl"
+    shard.write_text(json.dumps(rows[1]) + "\n" + json.dumps({"id": "q", "a": 1}) + "\n")
+    done_path(shard).write_text("p1\nq\n")
+    assert merge_shards([out, shard], out) == 3
+    assert [r["id"] for r in pair_rows(out)] == ["p0", "p1", "q"]
+    assert not shard.exists() and not done_path(shard).exists()
+    # a damaged line in the middle is an error naming the file and line
+    out.write_text('{"id": "p0"}\nnot json\n{"id": "p1"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl: line 2 is not valid JSON"):
+        merge_shards([out], out)
