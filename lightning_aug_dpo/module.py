@@ -157,6 +157,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         self.train_metrics = PreferenceMetrics()
         self.empty_batches = 0  # steps skipped because filtering left no pair on any rank
         self.nonfinite_steps = 0  # steps skipped for a NaN/Inf loss or gradient
+        self._step_keys: set[str] = set()  # per-step values logged so far (see _log_step)
         self.val_metrics = PreferenceMetrics(sync_on_step=False)
         # The frozen base is not part of checkpoints: only trainable tensors are saved.
         self.strict_loading = False
@@ -529,17 +530,20 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
         stats: PairStats = batch.meta["stats"]
-        for name, value in self.train_metrics.update_counts(stats).items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        step = {
+            f"train/{name}": value
+            for name, value in self.train_metrics.update_counts(stats).items()
+        }
         for reason, count in stats.dropped.items():  # this rank's counts: reasons vary by rank
-            self.log(f"train/pairs/dropped/{reason}", float(count), on_step=True, on_epoch=False)
+            step[f"train/pairs/dropped/{reason}"] = float(count)
         strength = batch.meta.get("augment_strength")
         if strength is not None:  # the same on every rank (adaptive strength syncs its counts)
-            self.log("train/augment/strength", float(strength), on_step=True, on_epoch=False)
+            step["train/augment/strength"] = float(strength)
         if not self._across_ranks(len(batch) > 0, every=False):
             # Filtering emptied the batch on every rank: nothing to learn, no optimizer step.
             self.empty_batches += 1
             self.log("train/pairs/empty_batches", float(self.empty_batches), on_step=True)
+            self._log_step(step, len(batch))
             return None
         if len(batch) == 0:
             # Other ranks have pairs: under DDP this rank must still join the gradient all-reduce
@@ -550,11 +554,23 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             loss, values = self.preference_step(batch)
         if not self._across_ranks(bool(torch.isfinite(loss)), every=True):
             self._nonfinite(f"loss {loss.item()}")
+            self._log_step(step, len(batch))
             return None
         for name, value in self.train_metrics.update(values).items():
-            size = max(len(batch), 1)
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=size)
+            step[f"train/{name}"] = value
+        self._log_step(step, len(batch))
         return loss
+
+    def _log_step(self, values: dict[str, Any], batch_size: int) -> None:
+        """Log this step's values, and a blank for each per-step value an earlier step logged
+        and this one has not (a step without pairs has no loss; a reason that dropped nothing
+        dropped 0): Lightning keeps logged step values until the epoch ends and would repeat
+        the last ones in this step's row."""
+        for key in self._step_keys - values.keys():
+            values[key] = 0.0 if key.startswith("train/pairs/dropped/") else float("nan")
+        self._step_keys |= values.keys()
+        for key, value in values.items():
+            self.log(key, value, on_step=True, on_epoch=False, batch_size=max(batch_size, 1))
 
     def _across_ranks(self, flag: bool, every: bool) -> bool:
         """``flag`` on every rank (``every``) or on any rank: one decision all ranks share."""

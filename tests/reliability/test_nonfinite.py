@@ -88,3 +88,44 @@ def test_nan_weights_are_never_written(make_module, tmp_path) -> None:
     assert not (tmp_path / "adapter").exists()
     with pytest.raises(FloatingPointError, match="not writing a checkpoint"):
         module.on_save_checkpoint({"state_dict": module.state_dict()})
+
+
+def test_a_step_without_update_repeats_no_earlier_values_in_the_log(make_module, tmp_path) -> None:
+    """Lightning keeps a step's logged values until the epoch ends: a step without pairs must
+    log a blank loss (not the previous step's), and a drop reason absent from a batch 0."""
+    import csv
+    import math
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_aug_dpo.types import PairStats, PreferenceBatch
+
+    module = make_module()
+    full = make_batch(module, QUESTIONS, ["It is red.", "Two."], ["Blue.", "Three."])
+    full.meta["stats"] = PairStats(prompts=3, kept=2, identical=1, dropped={"identical": 1})
+    empty = PreferenceBatch(
+        pixel_values=full.pixel_values[:0],
+        meta={"stats": PairStats(prompts=2, kept=0, identical=2, dropped={"identical": 2})},
+        **module.tokenize_pairs([], [], []),
+    )
+    again = make_batch(module, QUESTIONS, ["It is red.", "Two."], ["Blue.", "Three."])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader([full, empty, again], batch_size=None, collate_fn=lambda b: b)
+    trainer.fit(module, train_dataloaders=loader)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = {int(r["step"]): r for r in csv.DictReader(f) if r.get("train/pairs/kept")}
+    loss = [float(rows[s]["train/loss"]) for s in range(3)]
+    assert math.isfinite(loss[0]) and math.isnan(loss[1]) and math.isfinite(loss[2])
+    assert math.isnan(float(rows[1]["train/rewards/accuracies"]))
+    assert [float(rows[s]["train/pairs/kept"]) for s in range(3)] == [2.0, 0.0, 2.0]
+    assert [float(rows[s]["train/pairs/dropped/identical"]) for s in range(3)] == [1.0, 2.0, 0.0]
+    assert float(rows[2]["train/pairs/empty_batches"]) == 1.0  # a run total: kept
