@@ -185,7 +185,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         from transformers import AutoModelForImageTextToText
 
         with torch.device("meta"):
-            return AutoModelForImageTextToText.from_config(config)
+            return AutoModelForImageTextToText.from_config(
+                config, trust_remote_code=self.hparams.trust_remote_code
+            )
 
     def load_model(self) -> nn.Module:
         """The base model, frozen, optionally 4-bit. Override for other auto classes."""

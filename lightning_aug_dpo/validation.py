@@ -10,12 +10,15 @@ pairs (the DataModule refuses, counts and logs the rows it flags, or stops the r
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 # Reasons a pair is refused after tokenisation (``train/pairs/dropped/<reason>``).
 PROMPT_TOO_LONG = "prompt_exceeds_max_length"
@@ -40,7 +43,17 @@ def check_config(module: Any, config: Any) -> None:
     """
     problems: list[str] = []
     if not module.hparams.init_adapter:  # an adapter brings its own targets
-        problems += lora_target_problems(module, module.empty_model(config))
+        try:
+            skeleton = module.empty_model(config)
+        except ValueError as err:  # a family loading another class should override empty_model
+            log.warning(
+                "model.lora_target_modules and model.modules_to_save are checked when the "
+                "weights load, not before: %s has no meta-device skeleton (%s)",
+                type(module).__name__,
+                str(err).splitlines()[0],
+            )
+        else:
+            problems += lora_target_problems(module, skeleton)
     image_problems = module.image_size_problems(config)
     problems += image_problems
     if not image_problems:  # the image token count is only known for a valid image size

@@ -134,3 +134,91 @@ def test_qwen2_vl_image_size_off_the_patch_grid_is_refused(tmp_path: Path) -> No
     module.load_model = lambda: pytest.fail("weights loaded before the checks")  # type: ignore
     with pytest.raises(ConfigError, match=r"model.image_size must be a positive multiple of 28"):
         module.configure_model()
+
+
+REMOTE_CONFIG = '''
+from transformers import PretrainedConfig
+
+
+class TinyRemoteConfig(PretrainedConfig):
+    model_type = "MODEL_TYPE"
+
+    def __init__(self, hidden=8, **kwargs):
+        self.hidden = hidden
+        super().__init__(**kwargs)
+'''
+REMOTE_MODEL = '''
+from torch import nn
+from transformers import PreTrainedModel
+
+from .configuration_tiny_remote import TinyRemoteConfig
+
+
+class TinyRemoteModel(PreTrainedModel):
+    config_class = TinyRemoteConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.language_model = nn.ModuleDict({"q_proj": nn.Linear(config.hidden, config.hidden)})
+        self.post_init()
+'''
+
+
+def remote_code_dir(tmp_path: Path, auto_class: str) -> Path:
+    """A checkpoint whose model class ships with it (``auto_map``, registered for
+    ``auto_class`` only): it builds only with ``trust_remote_code=True``."""
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    # transformers registers remote classes for the process: one model type per auto class
+    model_type = f"tiny_remote_{auto_class.lower()}"
+    (folder / "configuration_tiny_remote.py").write_text(
+        REMOTE_CONFIG.replace("MODEL_TYPE", model_type)
+    )
+    (folder / "modeling_tiny_remote.py").write_text(REMOTE_MODEL)
+    auto_map = {
+        "AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
+        auto_class: "modeling_tiny_remote.TinyRemoteModel",
+    }
+    config = {"model_type": model_type, "hidden": 8, "auto_map": auto_map}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_the_lora_check_builds_remote_code_models_when_trusted(tmp_path: Path) -> None:
+    # trust_remote_code must reach the meta-device skeleton too, not only from_pretrained:
+    # otherwise every remote-code model fails the check (or prompts on a terminal).
+    from lightning_aug_dpo.module import AugDPOModule
+    from lightning_aug_dpo.validation import lora_target_problems
+
+    folder = remote_code_dir(tmp_path, "AutoModelForImageTextToText")
+    module = AugDPOModule(
+        model_name_or_path=str(folder), trust_remote_code=True, lora_target_modules=["q_proj"]
+    )
+    model = module.empty_model(module.load_config())
+    assert lora_target_problems(module, model) == []
+
+
+def test_a_family_whose_model_class_the_skeleton_cannot_build_is_not_refused(
+    tiny_llava_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A family that loads another auto class (here: a remote-code model registered for
+    # AutoModelForCausalLM only) and does not override empty_model: the LoRA targets cannot be
+    # checked before the weights load, which must not stop a valid run (PEFT checks at load).
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from lightning_aug_dpo.module import AugDPOModule
+    from lightning_aug_dpo.validation import check_config
+
+    class CausalFamily(AugDPOModule):
+        def format_prompt(self, question: str) -> str:
+            return f"USER: {question} ASSISTANT:"
+
+    folder = remote_code_dir(tmp_path, "AutoModelForCausalLM")
+    module = CausalFamily(model_name_or_path=str(folder), trust_remote_code=True)
+    module.processor = AutoTokenizer.from_pretrained(tiny_llava_dir)
+    with caplog.at_level(logging.WARNING):
+        check_config(module, module.load_config())
+    assert any("lora_target_modules" in r.getMessage() for r in caplog.records)
+
