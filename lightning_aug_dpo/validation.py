@@ -103,7 +103,7 @@ def lora_target_problems(module: Any, model: nn.Module) -> list[str]:
     unsaved = [
         name
         for name in module.hparams.modules_to_save or []
-        if not any(p == name or p.endswith(f".{name}") for p in paths)
+        if not any(p.endswith(name) for p in paths)  # PEFT's own match: a suffix
     ]
     if unsaved:
         top = sorted({p.split(".")[1] for p in paths if p.startswith("model.") and "." in p})

@@ -136,7 +136,7 @@ def test_qwen2_vl_image_size_off_the_patch_grid_is_refused(tmp_path: Path) -> No
         module.configure_model()
 
 
-REMOTE_CONFIG = '''
+REMOTE_CONFIG = """
 from transformers import PretrainedConfig
 
 
@@ -146,8 +146,8 @@ class TinyRemoteConfig(PretrainedConfig):
     def __init__(self, hidden=8, **kwargs):
         self.hidden = hidden
         super().__init__(**kwargs)
-'''
-REMOTE_MODEL = '''
+"""
+REMOTE_MODEL = """
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -161,7 +161,7 @@ class TinyRemoteModel(PreTrainedModel):
         super().__init__(config)
         self.language_model = nn.ModuleDict({"q_proj": nn.Linear(config.hidden, config.hidden)})
         self.post_init()
-'''
+"""
 
 
 def remote_code_dir(tmp_path: Path, auto_class: str) -> Path:
@@ -222,3 +222,15 @@ def test_a_family_whose_model_class_the_skeleton_cannot_build_is_not_refused(
         check_config(module, module.load_config())
     assert any("lora_target_modules" in r.getMessage() for r in caplog.records)
 
+
+@pytest.mark.usefixtures("no_weights")
+def test_modules_to_save_match_by_suffix_as_peft_does(tiny_llava_dir: Path) -> None:
+    # PEFT wraps every module whose path ends with a modules_to_save entry ("projector" ->
+    # model.multi_modal_projector): the check must not refuse what PEFT trains.
+    from transformers import AutoConfig
+
+    from lightning_aug_dpo.validation import lora_target_problems
+
+    module = LlavaDPOModule(model_name_or_path=str(tiny_llava_dir), modules_to_save=["projector"])
+    model = module.empty_model(AutoConfig.from_pretrained(tiny_llava_dir))
+    assert lora_target_problems(module, model) == []
