@@ -26,11 +26,24 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# This process's temporary names still being written: a leftover with this process's PID that
+# is not one of them was left by a killed process that had the same PID (a restarted container).
+_IN_FLIGHT: set[str] = set()
+
 
 def _sibling(path: Path, kind: str) -> Path:
     """``.NAME.KIND-PID-RANDOM`` beside ``path``: hidden, unique, and never matching a glob such
-    as ``*.ckpt`` that looks for finished outputs."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+    as ``*.ckpt`` that looks for finished outputs. Registered in ``_IN_FLIGHT`` until the
+    caller discards it."""
+    sibling = path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+    _IN_FLIGHT.add(str(sibling))
+    return sibling
+
+
+def _writer_alive(leftover: Path, pid: int) -> bool:
+    if pid == os.getpid():
+        return str(leftover) in _IN_FLIGHT
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -59,7 +72,7 @@ def remove_leftovers(path: str | Path) -> None:
     for leftover in sorted(Path(p) for p in glob.glob(pattern)):
         kind, _, rest = leftover.name[len(path.name) + 2 :].partition("-")
         pid = rest.partition("-")[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+        if kind not in ("tmp", "old") or not pid.isdigit() or _writer_alive(leftover, int(pid)):
             continue
         if kind == "old" and not (path.exists() or path.is_symlink()):
             os.rename(leftover, path)  # the replacement never arrived: the old one is current
@@ -105,6 +118,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(str(tmp))
     _fsync_dir(path.parent)
 
 
@@ -136,10 +151,12 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     except BaseException:
         if old is not None:
             os.rename(old, path)  # put the previous one back
+            _IN_FLIGHT.discard(str(old))
         raise
     _fsync_dir(path.parent)
     if old is not None:
         _remove(old)
+        _IN_FLIGHT.discard(str(old))
 
 
 @contextlib.contextmanager
@@ -164,3 +181,5 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(str(tmp))

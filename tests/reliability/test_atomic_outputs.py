@@ -293,3 +293,18 @@ def test_a_torn_write_is_repaired_and_its_prompt_rolled_out_again(tmp_path: Path
     out.write_text('{"id": "p0"}\nnot json\n{"id": "p1"}\n')
     with pytest.raises(ValueError, match=r"pairs.jsonl: line 2 is not valid JSON"):
         merge_shards([out], out)
+
+
+def test_leftovers_of_a_killed_writer_that_had_this_process_pid_are_cleared(tmp_path) -> None:
+    # A job restarted in a fresh container often gets the killed one's PID (the entry point is
+    # PID 1): its leftovers are no live writer's and must still be cleared (or put back).
+    path, pid = tmp_path / "merged", os.getpid()
+    old = tmp_path / f".merged.old-{pid}-0000abcd"  # killed between the two renames
+    old.mkdir()
+    (old / "weights").write_text("old")
+    (tmp_path / f".merged.tmp-{pid}-0000beef").mkdir()
+    remove_leftovers(path)
+    assert names(tmp_path) == ["merged"] and (path / "weights").read_text() == "old"
+    (tmp_path / f".summary.json.tmp-{pid}-0000cafe").write_text('{"torn')
+    write_json(tmp_path / "summary.json", {"done": True})
+    assert names(tmp_path) == ["merged", "summary.json"]
