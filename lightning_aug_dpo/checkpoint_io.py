@@ -29,6 +29,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from fsspec.core import strip_protocol
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -78,7 +79,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_path(path) as tmp:
+        with atomic_path(strip_protocol(str(path))) as tmp:  # file:///x.ckpt is /x.ckpt
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(

@@ -308,3 +308,13 @@ def test_leftovers_of_a_killed_writer_that_had_this_process_pid_are_cleared(tmp_
     (tmp_path / f".summary.json.tmp-{pid}-0000cafe").write_text('{"torn')
     write_json(tmp_path / "summary.json", {"done": True})
     assert names(tmp_path) == ["merged", "summary.json"]
+
+
+def test_a_checkpoint_saved_to_a_file_url_lands_at_that_path(tmp_path, monkeypatch) -> None:
+    # Lightning's own CheckpointIO writes file:///x.ckpt to /x.ckpt; so must the atomic one
+    # (not to ./file:/x.ckpt under the working directory).
+    monkeypatch.chdir(tmp_path)
+    url = f"file://{tmp_path}/ckpt/last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, url)
+    assert names(tmp_path) == ["ckpt"] and names(tmp_path / "ckpt") == ["last.ckpt"]
+    assert AtomicCheckpointIO().load_checkpoint(url) == {"step": 3}
