@@ -22,12 +22,9 @@ judge_cache.jsonl. Relative score per run: round(mean(model), 3) / round(mean(re
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from lightning_aug_dpo.eval import (
-    JudgeError,
     load_llava_bench,
     read_answers_jsonl,
     read_reviews,
@@ -38,8 +35,10 @@ from lightning_aug_dpo.eval.jobs import (
     add_judge_args,
     add_model_args,
     answer_missing,
+    job_main,
     judge_from_args,
     llava_loader,
+    report_graded,
 )
 from lightning_aug_dpo.eval.llava_bench import answer_rows, write_answers_jsonl
 from lightning_aug_dpo.eval.pipeline import finish_llava_bench
@@ -118,26 +117,13 @@ def run_main(argv: list[str]) -> int:
         args.batch_size,
     )
     judge = judge_from_args(args, out)
-    record = finish_llava_bench(bench, answers, judge, out, args.runs, model_id)
-    record["model"] = {"model": args.model, "adapter": args.adapter}
-    write_json(out / "scores.json", record)
-    if not record["complete"]:
-        print(f"reviewing incomplete: {record['error']}\nrerun the same command to resume")
-        return 2
-    print(record["table"])
-    print(json.dumps(record["metrics"]))
-    return 0
+    model = {"model": args.model, "adapter": args.adapter}
+    record = finish_llava_bench(bench, answers, judge, out, args.runs, model_id, model=model)
+    return report_graded(record, "reviewing")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["score"]:
-            return score_main(argv[1:])
-        return run_main(argv)
-    except (FileNotFoundError, ValueError, JudgeError) as err:
-        print(f"llava_bench.py: error: {err}", file=sys.stderr)
-        return 1
+    return job_main("llava_bench.py", run_main, score_main, argv)
 
 
 if __name__ == "__main__":

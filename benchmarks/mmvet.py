@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from lightning_aug_dpo.eval import (
-    JudgeError,
     load_capabilities,
     load_mmvet_dir,
     read_answers,
@@ -40,8 +38,10 @@ from lightning_aug_dpo.eval.jobs import (
     add_judge_args,
     add_model_args,
     answer_missing,
+    job_main,
     judge_from_args,
     llava_loader,
+    report_graded,
 )
 from lightning_aug_dpo.eval.pipeline import finish_mmvet
 
@@ -107,26 +107,13 @@ def run_main(argv: list[str]) -> int:
         args.batch_size,
     )
     judge = judge_from_args(args, out)
-    record = finish_mmvet(bench, answers, judge, out, args.runs)
-    record["model"] = {"model": args.model, "adapter": args.adapter}
-    write_json(out / "scores.json", record)
-    if not record["complete"]:
-        print(f"grading incomplete: {record['error']}\nrerun the same command to resume")
-        return 2
-    print(record["table"])
-    print(json.dumps(record["metrics"]))
-    return 0
+    model = {"model": args.model, "adapter": args.adapter}
+    record = finish_mmvet(bench, answers, judge, out, args.runs, model=model)
+    return report_graded(record, "grading")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["score"]:
-            return score_main(argv[1:])
-        return run_main(argv)
-    except (FileNotFoundError, ValueError, JudgeError) as err:
-        print(f"mmvet.py: error: {err}", file=sys.stderr)
-        return 1
+    return job_main("mmvet.py", run_main, score_main, argv)
 
 
 if __name__ == "__main__":

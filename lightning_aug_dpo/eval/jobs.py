@@ -10,6 +10,8 @@ whose answers are complete re-grades without loading a model.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from lightning_aug_dpo.eval.generate import DEFAULT_MAX_NEW_TOKENS, Answerer, generate_answers
 from lightning_aug_dpo.eval.hf_judge import HFJudge
 from lightning_aug_dpo.eval.http_judge import OpenAIJudge
-from lightning_aug_dpo.eval.judges import Judge, RuleJudge
+from lightning_aug_dpo.eval.judges import Judge, JudgeError, RuleJudge
 
 
 def add_model_args(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -165,3 +167,32 @@ def llava_loader(args: argparse.Namespace) -> Callable[[], Answerer]:
         return module.to(device).eval()
 
     return load
+
+
+def report_graded(record: dict[str, Any], what: str) -> int:
+    """Print a judged job's outcome; the exit status: 0, or 2 when ``what`` (grading,
+    reviewing) stopped before the end (a judge outage: the same command resumes)."""
+    if not record["complete"]:
+        print(f"{what} incomplete: {record['error']}\nrerun the same command to resume")
+        return 2
+    print(record["table"])
+    print(json.dumps(record["metrics"]))
+    return 0
+
+
+def job_main(
+    prog: str,
+    run_main: Callable[[list[str]], int],
+    score_main: Callable[[list[str]], int],
+    argv: list[str] | None = None,
+) -> int:
+    """``prog [score] ARGS``: the ``score`` subcommand or a run; bad input exits 1 with a
+    one-line message instead of a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["score"]:
+            return score_main(argv[1:])
+        return run_main(argv)
+    except (FileNotFoundError, ValueError, JudgeError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1

@@ -66,10 +66,11 @@ def _graded_record(
     questions: int,
     files: dict[str, Any],
     prefix: str,
+    model: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The score record of a judged benchmark before scoring: what was graded, by whom, and
     whether grading finished (``scores`` stays None until it did)."""
-    return {
+    return ({"model": model} if model is not None else {}) | {
         "benchmark": benchmark,
         "complete": outcome.complete,
         "error": outcome.error,
@@ -90,8 +91,10 @@ def finish_mmvet(
     out: str | Path,
     runs: int = 1,
     prefix: str = "mmvet",
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write answers (``None``: read ``out/answers.json``), grade, score; return the record."""
+    """Write answers (``None``: read ``out/answers.json``), grade, score; return the record.
+    ``model``: what was evaluated, recorded under ``"model"`` in ``scores.json``."""
     out = Path(out)
     if answers is None:
         answers = read_answers(out / "answers.json")
@@ -101,7 +104,7 @@ def finish_mmvet(
     graded = {q: g for q, g in outcome.results.items() if all(x is not None for x in g)}
     write_grades(out / "grades.json", graded)  # type: ignore[arg-type]
     files = {"answers": "answers.json", "grades": "grades.json"}
-    record = _graded_record("mmvet", outcome, judge, runs, len(bench.items), files, prefix)
+    record = _graded_record("mmvet", outcome, judge, runs, len(bench.items), files, prefix, model)
     if outcome.complete:
         scores = score_mmvet(
             {q: [g.score for g in gs] for q, gs in graded.items()},
@@ -122,6 +125,7 @@ def finish_llava_bench(
     runs: int = 1,
     model_id: str = "model",
     prefix: str = "llava_bench",
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """As :func:`finish_mmvet` for LLaVA-Bench (``None``: read ``out/answers.jsonl``)."""
     out = Path(out)
@@ -141,7 +145,9 @@ def finish_llava_bench(
         "answers": "answers.jsonl",
         "reviews": [f"reviews-run{k}.jsonl" for k in range(1, len(per_run) + 1)],
     }
-    record = _graded_record("llava_bench", outcome, judge, runs, len(bench.items), files, prefix)
+    record = _graded_record(
+        "llava_bench", outcome, judge, runs, len(bench.items), files, prefix, model
+    )
     if outcome.complete:
         scores = score_llava_bench(
             per_run, bench.items, {q: i.category for q, i in bench.items.items()}
