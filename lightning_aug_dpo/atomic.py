@@ -7,11 +7,13 @@ so that the rename is a rename on the same filesystem, never a copy into the fin
 temporary file under ``/tmp`` on another disk would be, and a kill could then cut it short).
 
 A process killed mid-write therefore leaves the previous version (or nothing) under the final
-name, plus a hidden ``.NAME.tmp-PID-XXXX`` leftover that the next write of that name removes.
+name, plus a hidden ``.NAME.tmp-<pid>-<random hex>`` leftover that the next write of that name
+removes.
 
 Folders cannot be renamed over a non-empty folder, so replacing one takes two renames: the old
-folder to ``.NAME.old-PID-XXXX``, then the new one into place. A kill between the two leaves no
-``NAME`` for a moment; the next write (or :func:`remove_leftovers`) puts the old one back first.
+folder to ``.NAME.old-<pid>-<random hex>``, then the new one into place. A kill between the two
+leaves no ``NAME`` for a moment; the next write (or :func:`remove_leftovers`) puts the old one back
+first.
 """
 
 from __future__ import annotations

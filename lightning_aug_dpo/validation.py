@@ -147,22 +147,18 @@ def sequence_problems(
     """
     image_id = module.image_token_id()
     expected = module.num_image_features(image_shape)
-    prompt_ids, prompt_mask = tokens["prompt_input_ids"], tokens["prompt_attention_mask"]
-    prompt_lengths = prompt_mask.sum(-1)
-    out: list[str | None] = []
-    for i in range(prompt_ids.shape[0]):
-        if int(prompt_lengths[i]) + 1 > module.hparams.max_length:
-            out.append(PROMPT_TOO_LONG)
-            continue
-        if image_id is not None and expected is not None:
-            in_prompt = int(((prompt_ids[i] == image_id) & (prompt_mask[i] > 0)).sum())
-            counts = {
-                in_prompt + int(((tokens[f"{name}_input_ids"][i] == image_id) & (mask > 0)).sum())
-                for name in ("chosen", "rejected")
-                for mask in [tokens[f"{name}_attention_mask"][i]]
-            }
-            if counts != {expected}:
-                out.append(IMAGE_TOKEN_MISMATCH)
-                continue
-        out.append(None)
-    return out
+    too_long = tokens["prompt_attention_mask"].sum(-1) + 1 > module.hparams.max_length
+    mismatch = torch.zeros_like(too_long)
+    if image_id is not None and expected is not None:
+
+        def image_tokens(name: str) -> torch.Tensor:  # per row, padding excluded
+            ids, mask = tokens[f"{name}_input_ids"], tokens[f"{name}_attention_mask"]
+            return ((ids == image_id) & (mask > 0)).sum(-1)
+
+        in_prompt = image_tokens("prompt")
+        for name in ("chosen", "rejected"):
+            mismatch |= in_prompt + image_tokens(name) != expected
+    return [
+        PROMPT_TOO_LONG if long else IMAGE_TOKEN_MISMATCH if bad else None
+        for long, bad in zip(too_long.tolist(), mismatch.tolist(), strict=True)
+    ]
