@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_aug_dpo import atomic
+from lightning_aug_dpo.atomic import write_json as write_json  # re-exported for eval modules
 
 
 def id_sort_key(qid: str) -> tuple[str, int]:
@@ -86,13 +87,8 @@ def read_jsonl(path: str | Path, what: str, required: Sequence[str] = ()) -> lis
     return rows
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Indented UTF-8 JSON, written to a temporary file and renamed (no half-written files)."""
-    atomic.write_json(path, data)
-
-
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """One JSON object per line (UTF-8), atomically as :func:`write_json`."""
+    """One JSON object per line (UTF-8), written to a temporary file and renamed."""
     atomic.write_lines(path, (json.dumps(dict(row), ensure_ascii=False) for row in rows))
 
 
