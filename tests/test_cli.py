@@ -121,11 +121,13 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     answers = json.loads((run / "eval" / "mmvet" / "epoch=1" / "answers.json").read_text())
     assert list(answers) == [f"v1_{i}" for i in range(24)]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["prompts"] == 32
+    assert summary["prompts"] == 16 and summary["prompt_visits"] == 32  # 16 prompts x 2 epochs
     assert summary["pairs_kept"] + summary["pairs_identical"] == 32
     assert 0.0 <= summary["final_epoch_reward_accuracy"] <= 1.0
     assert "mmvet/total" in summary
-    assert "run summary" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "run summary" in printed
+    assert "prompts (distinct)" in printed and "prompt visits (all epochs)" in printed
 
 
 def test_predict_writes_a_pairs_file(demo_cwd: Path, demo_assets) -> None:

@@ -38,7 +38,8 @@ def test_ddp_fit_completes_with_rank0_callbacks(demo_cwd: Path) -> None:
     run_cli(demo_cwd, "fit", "--trainer.max_epochs=1", devices=2)
     run = demo_cwd / "runs" / "demo" / "version_0"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["prompts"] == 16  # both ranks' shards, counted once each
+    assert summary["prompt_visits"] == 16  # both ranks' shards, counted once each
+    assert summary["prompts"] == 16
     assert summary["pairs_kept"] + summary["pairs_identical"] == 16
     assert (run / "gallery.html").is_file() and (run / "adapter" / "adapter_config.json").is_file()
 
@@ -57,3 +58,8 @@ def test_ddp_predict_gives_the_pairs_of_one_process(demo_cwd: Path) -> None:
     single, double = predict(1), predict(2)
     assert single and single == double
     assert not list(demo_cwd.glob("pairs2.rank*.jsonl"))  # shards merged and removed
+    # the summary sums both ranks' pair statistics: the same counts as one process
+    one, two = (json.loads((demo_cwd / f"pairs{n}.jsonl.summary.json").read_text()) for n in (1, 2))
+    keys = ["prompts", "candidate_pairs", "pairs_kept", "pairs_identical", "pairs_dropped"]
+    assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
+    assert one["pairs_kept"] == two["pairs_in_file"] == len(double)

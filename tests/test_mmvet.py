@@ -24,6 +24,7 @@ from lightning_aug_dpo.eval import (
     write_answers,
     write_grades,
 )
+from lightning_aug_dpo.eval.mmvet import combination_label
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mmvet"
 LLAVA = REF / "llava-v1.5"
@@ -151,6 +152,34 @@ def test_score_mmvet_hand_example() -> None:
     table = s.format_table()
     assert "4 questions, 2 grading runs" in table
     assert any(line.split() == ["ocr", "2", "50.0", "25.0"] for line in table.splitlines())
+
+
+def test_score_table_keeps_capabilities_and_combinations_apart() -> None:
+    s = score_mmvet(HAND_SCORES, HAND_CAPS)
+    lines = s.format_table().splitlines()
+    caps = lines.index("capabilities (a question counts under each capability it is tagged with)")
+    combos = lines.index("capability combinations (each question once, under its exact set)")
+    assert caps < combos
+    # capability rows: every question tagged with it; combination rows: exact sets, renamed
+    assert [line.split() for line in lines[caps + 1 : combos]] == [
+        ["rec", "3", "83.3", "0.0"],
+        ["ocr", "2", "50.0", "25.0"],
+    ]
+    assert [line.split() for line in lines[combos + 1 :]] == [
+        ["rec", "only", "2", "87.5", "12.5"],
+        ["ocr", "only", "1", "25.0", "25.0"],
+        ["rec+ocr", "1", "75.0", "25.0"],
+    ]
+    names = [line.rsplit(maxsplit=3)[0].strip() for line in lines[2:] if line.startswith(" ")]
+    assert len(names) == len(set(names)) == 5  # no name twice in one table
+    # the logged metric names and the scores file keep the official keys
+    assert set(s.as_metrics(combinations=True)) == {
+        "mmvet/total", "mmvet/rec", "mmvet/ocr",
+        "mmvet/combo/rec", "mmvet/combo/ocr", "mmvet/combo/rec_ocr",
+    }  # fmt: skip
+    assert list(s.to_dict()["combinations"]) == ["rec", "ocr", "rec_ocr"]
+    assert combination_label("rec_ocr_spat") == "rec+ocr+spat"
+    assert s.format_table(combinations=False).splitlines()[-1].split()[0] == "ocr"
 
 
 def test_score_mmvet_scalar_scores_are_one_run() -> None:

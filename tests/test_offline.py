@@ -6,14 +6,16 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lightning_aug_dpo import AugPairDataModule
-from lightning_aug_dpo.callbacks.pairs_writer import read_done
+from lightning_aug_dpo import AugPairDataModule, PairsWriter
+from lightning_aug_dpo.callbacks.pairs_writer import read_done, summary_path
 from lightning_aug_dpo.cli import cli_main
 from lightning_aug_dpo.data.pairs import PairBatch
+from lightning_aug_dpo.types import PairStats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ROLLOUT = ["--config", str(CONFIGS / "demo_rollout.yaml"), "--data.init_args.num_prompts=24"]
@@ -42,11 +44,22 @@ def test_predict_resumes_and_gives_the_same_pairs(demo_cwd: Path) -> None:
     first = rows_of(out)
     assert len(read_done(out)) == 8 and 0 < len(first) <= 8
     assert all(set(row) == ROWS for row in first)
+    summary = json.loads(summary_path(out).read_text())
+    assert (summary["prompts"], summary["prompts_resumed"], summary["candidate_pairs"]) == (8, 0, 8)
+    assert summary["pairs_kept"] == summary["pairs_in_file"] == len(first)
+    assert summary["pairs_kept"] + sum(summary["pairs_dropped"].values()) == 8
+    assert summary["identical_rate"] == summary["pairs_identical"] / 8
+    assert 0.0 <= summary["rollout_eos_rate"] <= 1.0 and summary["rollout_tokens_per_s"] > 0
 
     data = predict()  # the rerun skips the 8 prompts already done
     assert len(data.skip_prompt_ids) == 8
     resumed = rows_of(out)
     assert resumed[: len(first)] == first and len(read_done(out)) == 24
+    summary = json.loads(summary_path(out).read_text())  # this run's pairs, the whole file's rows
+    counts = (summary["prompts"], summary["prompts_resumed"], summary["candidate_pairs"])
+    assert counts == (16, 8, 16)
+    assert summary["pairs_kept"] == len(resumed) - len(first)
+    assert summary["pairs_in_file"] == len(resumed)
 
     fresh = demo_cwd / "fresh.jsonl"
     writer = {"class_path": "lightning_aug_dpo.PairsWriter",
@@ -59,6 +72,46 @@ def test_predict_resumes_and_gives_the_same_pairs(demo_cwd: Path) -> None:
     # the rerun with nothing left to do leaves the file as it is
     predict()
     assert rows_of(out) == resumed
+    summary = json.loads(summary_path(out).read_text())
+    assert (summary["prompts"], summary["prompts_resumed"], summary["pairs_kept"]) == (0, 24, 0)
+    assert summary["pairs_in_file"] == len(resumed)
+
+
+def test_pairs_writer_summary_sums_batches_and_drop_reasons(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"id": "a"}\n{"id": "b"}\n')
+    writer = PairsWriter(str(out))
+    writer.resumed_prompts = 3
+    writer.count(
+        PairStats(
+            prompts=4,
+            kept=1,
+            identical=2,
+            dropped={"identical": 2, "long": 1},
+            chosen_tokens=10,
+            rejected_tokens=6,
+            finished=4,
+            rollout_seconds=2.0,
+        )
+    )
+    writer.count(PairStats(prompts=2, kept=1, identical=0, dropped={"long": 1}))
+    writer.on_predict_end(SimpleNamespace(world_size=1, is_global_zero=True), None)
+    assert json.loads(summary_path(out).read_text()) == {
+        "pairs_path": str(out),
+        "prompts": 6,
+        "prompts_resumed": 3,
+        "candidate_pairs": 6,
+        "pairs_kept": 2,
+        "pairs_identical": 2,
+        "identical_rate": 2 / 6,
+        "rollout_eos_rate": 4 / (2 * 6),
+        "rollout_tokens_per_s": 16 / 2.0,
+        "pairs_dropped": {"identical": 2, "long": 2},
+        "pairs_in_file": 2,
+    }
+    printed = capsys.readouterr().out
+    assert "predict summary" in printed
+    assert "pairs dropped: long" in printed and "prompts resumed" in printed
 
 
 def test_fit_trains_from_a_predicted_pairs_file_with_repetition(demo_cwd: Path) -> None:

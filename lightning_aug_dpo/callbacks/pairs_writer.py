@@ -5,6 +5,10 @@ all written, one per line, appended after each batch's rows. It is the commit re
 a rerun resume: rows of a prompt missing from ``P.done`` (a batch cut off by a kill) are dropped
 and that prompt is rolled out again, with the same seed and therefore the same pairs; prompts
 listed there are not rolled out again, including those whose pairs were all filtered out.
+
+At the end the writer prints a summary and writes it to ``P.summary.json``: the prompts rolled
+out by this run and those resumed, candidate pairs, pairs kept, identical answers, pairs dropped
+per filter reason, rollout throughput, and the rows the file holds.
 """
 
 from __future__ import annotations
@@ -12,14 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_aug_dpo.atomic import write_lines
+from lightning_aug_dpo.atomic import write_json, write_lines
+from lightning_aug_dpo.callbacks.summary import pair_statistics, print_summary
 from lightning_aug_dpo.data.rollouts import prompt_id_of
+from lightning_aug_dpo.types import PairStats
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,9 @@ class PairsWriter(BasePredictionWriter):
     interrupted DDP run, and tells the DataModule (``skip_prompt_ids``) which prompts are done.
     ``resume: false`` starts a fresh file.
 
+    The pair statistics of the run (each batch's ``PairStats``, summed over ranks) end in a
+    console table and in ``P.summary.json`` beside the pairs file (see :func:`summary_path`).
+
     Args:
         output_path: the JSONL file.
         resume: continue an existing file instead of overwriting it.
@@ -45,6 +57,8 @@ class PairsWriter(BasePredictionWriter):
         self.output_path = Path(output_path)
         self.resume = resume
         self.resumed_prompts = 0  # prompts found done at the start of this run
+        self.totals: Counter[str] = Counter()  # this rank's PairStats sums since setup
+        self.last_summary: dict[str, object] | None = None  # rank 0, after predict
 
     def _path(self, trainer: pl.Trainer) -> Path:
         if trainer.world_size == 1:
@@ -66,6 +80,8 @@ class PairsWriter(BasePredictionWriter):
                 for path in [self.output_path, *self._shards()]:
                     path.unlink(missing_ok=True)
                     done_path(path).unlink(missing_ok=True)
+        self.totals = Counter()
+        self.last_summary = None
         trainer.strategy.barrier("pairs_writer_setup")
         done = read_done(self.output_path)
         self.resumed_prompts = len(done)
@@ -94,22 +110,74 @@ class PairsWriter(BasePredictionWriter):
             f.write(rows)
             f.flush()
             os.fsync(f.fileno())
-        prompt_ids = getattr(batch, "meta", {}).get("prompt_ids", [])
+        meta = getattr(batch, "meta", {})
         with done_path(path).open("a", encoding="utf-8") as f:
-            f.write("".join(f"{prompt_id}\n" for prompt_id in prompt_ids))
+            f.write("".join(f"{prompt_id}\n" for prompt_id in meta.get("prompt_ids", [])))
+        stats = meta.get("stats")
+        if isinstance(stats, PairStats):
+            self.count(stats)
+
+    def count(self, stats: PairStats) -> None:
+        """Add one batch's statistics to this rank's totals (drops as ``dropped/<reason>``)."""
+        for f in fields(stats):
+            if f.name != "dropped":
+                self.totals[f.name] += getattr(stats, f.name)
+        for reason, n in stats.dropped.items():
+            self.totals[f"dropped/{reason}"] += n
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size == 1:
-            return
-        trainer.strategy.barrier("pairs_writer_merge")  # every shard is complete
+        totals = self.totals
+        if trainer.world_size > 1:
+            # Once at the end, not per step: predict ranks may run different batch counts, so
+            # a per-step collective (as training's metrics use) could wait forever.
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, dict(self.totals))
+            totals = sum((Counter(t) for t in gathered), Counter())
+            trainer.strategy.barrier("pairs_writer_merge")  # every shard is complete
+            if trainer.is_global_zero:
+                merge_shards([self.output_path, *self._shards()], self.output_path)
+            trainer.strategy.barrier("pairs_writer_merged")
         if trainer.is_global_zero:
-            merge_shards([self.output_path, *self._shards()], self.output_path)
-        trainer.strategy.barrier("pairs_writer_merged")
+            self._finish(totals)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # With every prompt already done Lightning skips the predict loop and on_predict_end;
+        # the summary must still say so, not leave the previous run's in place.
+        if stage == "predict" and self.last_summary is None and trainer.is_global_zero:
+            self._finish(self.totals)
+
+    def _finish(self, totals: Counter[str]) -> None:
+        self.last_summary = self.summary(totals)
+        # atomic: a kill here leaves the previous summary whole
+        write_json(summary_path(self.output_path), self.last_summary)
+        print_summary("lightning-aug-dpo: predict summary", self.last_summary)
+
+    def summary(self, totals: Counter[str]) -> dict[str, object]:
+        """The run's pair statistics (``totals`` summed over ranks) and the file's size."""
+        dropped = {
+            k.removeprefix("dropped/"): int(n)
+            for k, n in sorted(totals.items())
+            if k.startswith("dropped/")
+        }
+        return {
+            "pairs_path": str(self.output_path),
+            "prompts": int(totals["prompts"]),  # rolled out by this run, each once
+            "prompts_resumed": self.resumed_prompts,  # done by an earlier run, skipped
+            **pair_statistics(totals),
+            "pairs_dropped": dropped,
+            "pairs_in_file": len(_complete_lines(self.output_path)),  # resumed rows included
+        }
 
 
 def done_path(path: Path) -> Path:
     """The commit record beside a pairs file: ``pairs.jsonl`` -> ``pairs.jsonl.done``."""
     return path.with_name(path.name + ".done")
+
+
+def summary_path(path: Path) -> Path:
+    """The predict summary beside a pairs file: ``pairs.jsonl`` -> ``pairs.jsonl.summary.json``
+    (named after the file, so pairs files sharing a folder keep their own summaries)."""
+    return path.with_name(path.name + ".summary.json")
 
 
 def _complete_lines(path: Path) -> list[str]:

@@ -264,25 +264,48 @@ class MMVetScores:
         }
 
     def format_table(self, combinations: bool = True) -> str:
-        """Plain-text table rounded to 1 decimal, as the reference implementation displays."""
-        rows = [("total", self.num_questions, self.total_mean, self.total_std)]
+        """Plain-text table rounded to 1 decimal, as the reference implementation displays.
+
+        Capabilities and capability combinations share names (questions tagged only ``rec``
+        form the combination ``rec``), so each kind has its own section, and combinations are
+        written as :func:`combination_label` gives them (``rec only``, ``rec+ocr``).
+        """
+        indent = "  "
+        rows: list[tuple[str, int, float, float] | str] = [
+            ("total", self.num_questions, self.total_mean, self.total_std),
+            "capabilities (a question counts under each capability it is tagged with)",
+        ]
         rows += [
-            (cap, self.capability_counts.get(cap, 0), m, s)
+            (indent + cap, self.capability_counts.get(cap, 0), m, s)
             for cap, (m, s) in self.per_capability.items()
         ]
         if combinations:
+            rows.append("capability combinations (each question once, under its exact set)")
             rows += [
-                (key, self.combination_counts.get(key, 0), m, s)
+                (indent + combination_label(key), self.combination_counts.get(key, 0), m, s)
                 for key, (m, s) in self.per_combination.items()
             ]
-        width = max(len(name) for name, *_ in rows)
+        width = max(len(row[0]) for row in rows if isinstance(row, tuple))
         runs = "run" if self.num_runs == 1 else "runs"
         lines = [
             f"MM-Vet ({self.num_questions} questions, {self.num_runs} grading {runs})",
             f"{'category':<{width}}  {'n':>4}  {'score':>6}  {'std':>5}",
         ]
-        lines += [f"{name:<{width}}  {n:>4}  {m:>6.1f}  {s:>5.1f}" for name, n, m, s in rows]
+        for row in rows:
+            if isinstance(row, str):
+                lines.append(row)  # a section header
+            else:
+                name, n, m, s = row
+                lines.append(f"{name:<{width}}  {n:>4}  {m:>6.1f}  {s:>5.1f}")
         return "\n".join(lines)
+
+
+def combination_label(key: str) -> str:
+    """How the score table names a combination key: ``"rec_ocr"`` -> ``"rec+ocr"``, and a
+    single capability ``"rec"`` -> ``"rec only"`` (unlike the ``rec`` capability row, which
+    also counts every question tagged ``rec`` and something else)."""
+    parts = key.split("_")  # capability names have no "_" (see CAPABILITIES)
+    return "+".join(parts) if len(parts) > 1 else f"{key} only"
 
 
 def _mean_std(values: Sequence[float]) -> Stat:

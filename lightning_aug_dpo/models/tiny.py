@@ -14,7 +14,8 @@ bitsandbytes. Nothing may be downloaded, so this module builds every part offlin
 Every Linear layer has dimensions that are multiples of 64 (vocab a multiple of 32) because
 bitsandbytes' CPU 4-bit kernels require ``in % 64 == 0`` and ``out % 32 == 0``.
 
-Usage: ``python -m lightning_aug_dpo.models.tiny OUT_DIR``.
+Usage: ``python -m lightning_aug_dpo.models.tiny OUT_DIR [--hidden-size 128 --patch-size 8 ...]``
+(one option per :class:`TinyLlavaSpec` field; ``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
+
+Spec = TypeVar("Spec")
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
@@ -61,24 +65,48 @@ USER ASSISTANT User Assistant
 """.split()  # noqa: SIM905 (a word list reads best as prose)
 
 
+def _opt(default: int, help: str) -> Any:
+    """A spec field with its ``--flag`` help text (read by :func:`add_spec_arguments`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TinyLlavaSpec:
-    """Sizes of the tiny model. Defaults keep a CPU forward under a few milliseconds."""
+    """Sizes of the tiny model. Defaults keep a CPU forward under a few milliseconds.
 
-    vocab_size: int = 512  # multiple of 32 (bitsandbytes) and of 64 (lm_head in_features rule)
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    vision_hidden_size: int = 64
-    vision_intermediate_size: int = 128
-    vision_layers: int = 2
-    vision_heads: int = 4
-    image_size: int = 64
-    patch_size: int = 16
-    max_position_embeddings: int = 512
-    seed: int = 0
+    Keep Linear dimensions multiples of 64 (bitsandbytes' CPU 4-bit kernels, see DESIGN.md).
+    """
+
+    vocab_size: int = _opt(512, "tokenizer entries; a multiple of 64 (lm_head rule)")
+    hidden_size: int = _opt(64, "text model width (Llama hidden_size)")
+    intermediate_size: int = _opt(128, "text model MLP width")
+    num_hidden_layers: int = _opt(2, "text model layers")
+    num_attention_heads: int = _opt(4, "text model attention heads")
+    num_key_value_heads: int = _opt(4, "text model key/value heads (grouped-query attention)")
+    vision_hidden_size: int = _opt(64, "CLIP vision tower width")
+    vision_intermediate_size: int = _opt(128, "CLIP vision tower MLP width")
+    vision_layers: int = _opt(2, "CLIP vision tower layers")
+    vision_heads: int = _opt(4, "CLIP vision tower attention heads")
+    image_size: int = _opt(64, "input image side in pixels")
+    patch_size: int = _opt(16, "CLIP patch side; (image_size / patch_size)^2 image tokens")
+    max_position_embeddings: int = _opt(512, "text model context length")
+    seed: int = _opt(0, "weight initialisation seed")
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, spec_type: type) -> None:
+    """One ``--field-name`` option per field of the spec dataclass ``spec_type``, with the
+    field's default and help, so that new spec fields reach the command line by themselves."""
+    group = parser.add_argument_group("model sizes")
+    for f in fields(spec_type):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', f.name)} (default: {f.default})"
+        group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+                           help=help_text, metavar="N")  # fmt: skip
+
+
+def spec_from_args(spec_type: type[Spec], args: argparse.Namespace) -> Spec:
+    """The spec dataclass ``spec_type`` built from the options of :func:`add_spec_arguments`."""
+    return spec_type(**{f.name: getattr(args, f.name) for f in fields(spec_type)})
 
 
 def build_tokenizer(vocab_size: int):
@@ -204,9 +232,9 @@ def write_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    add_spec_arguments(parser, TinyLlavaSpec)
     args = parser.parse_args(argv)
-    path = write_tiny_llava(args.out_dir, TinyLlavaSpec(seed=args.seed))
+    path = write_tiny_llava(args.out_dir, spec_from_args(TinyLlavaSpec, args))
     print(f"tiny LLaVA written to {path}")
     return 0
 

@@ -19,7 +19,8 @@ config, M-RoPE) without downloading anything:
 Every Linear layer has dimensions that are multiples of 64 in and 32 out, for bitsandbytes' CPU
 4-bit kernels (see DESIGN.md).
 
-Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_vl OUT_DIR``.
+Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_vl OUT_DIR [--hidden-size 128 ...]``
+(one option per :class:`TinyQwen2VLSpec` field; ``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS
+from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
 
 IMAGE_TOKEN = "<|image_pad|>"
 # Ids 0..6 in this order; the hub checkpoints have the same tokens at 151643..151656.
@@ -72,22 +73,23 @@ CHAT_TEMPLATE = (
 class TinyQwen2VLSpec:
     """Sizes of the tiny model. ``image_size`` must be a multiple of ``patch_size * merge_size``."""
 
-    vocab_size: int = 512  # multiple of 32 (bitsandbytes) and of 64 (lm_head in_features rule)
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2  # grouped-query attention, as the real Qwen2 models
-    vision_embed_dim: int = 64
-    vision_mlp_ratio: int = 2
-    vision_depth: int = 2
-    vision_heads: int = 4
-    image_size: int = 56  # 4x4 patches of 14 px -> 2x2 merged -> 4 image tokens
-    patch_size: int = 14
-    merge_size: int = 2
-    temporal_patch_size: int = 2
-    max_position_embeddings: int = 512
-    seed: int = 0
+    vocab_size: int = _opt(512, "tokenizer entries; a multiple of 64 (lm_head rule)")
+    hidden_size: int = _opt(64, "text model width (Qwen2 hidden_size)")
+    intermediate_size: int = _opt(128, "text model MLP width")
+    num_hidden_layers: int = _opt(2, "text model layers")
+    num_attention_heads: int = _opt(4, "text model attention heads")
+    num_key_value_heads: int = _opt(2, "text model key/value heads (grouped-query, as Qwen2)")
+    vision_embed_dim: int = _opt(64, "vision tower width")
+    vision_mlp_ratio: int = _opt(2, "vision tower MLP width / embed dim")
+    vision_depth: int = _opt(2, "vision tower layers")
+    vision_heads: int = _opt(4, "vision tower attention heads")
+    # 56 px: 4x4 patches of 14 px -> 2x2 merged -> 4 image tokens
+    image_size: int = _opt(56, "input image side in pixels; a multiple of patch * merge size")
+    patch_size: int = _opt(14, "vision patch side")
+    merge_size: int = _opt(2, "patches merged per side into one image token")
+    temporal_patch_size: int = _opt(2, "frames per temporal patch (a still image is repeated)")
+    max_position_embeddings: int = _opt(512, "text model context length")
+    seed: int = _opt(0, "weight initialisation seed")
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -239,9 +241,9 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    add_spec_arguments(parser, TinyQwen2VLSpec)
     args = parser.parse_args(argv)
-    path = write_tiny_qwen2_vl(args.out_dir, TinyQwen2VLSpec(seed=args.seed))
+    path = write_tiny_qwen2_vl(args.out_dir, spec_from_args(TinyQwen2VLSpec, args))
     print(f"tiny Qwen2-VL written to {path}")
     return 0
 

@@ -149,14 +149,14 @@ def fake_run(tmp_path: Path, prompts: float) -> tuple[SimpleNamespace, SimpleNam
 def test_a_summary_write_killed_midway_keeps_the_previous_summary(tmp_path: Path) -> None:
     path = tmp_path / "summary.json"
     RunSummary().on_fit_end(*fake_run(tmp_path, 8.0))
-    assert read_json_dict(path, "a run summary")["prompts"] == 8
+    assert read_json_dict(path, "a run summary")["prompt_visits"] == 8
 
     def torn() -> None:
         Path.write_text = torn_write_text
         RunSummary().on_fit_end(*fake_run(tmp_path, 64.0))
 
     killed_midway(torn)
-    assert read_json_dict(path, "a run summary")["prompts"] == 8  # the finished run's, whole
+    assert read_json_dict(path, "a run summary")["prompt_visits"] == 8  # the finished run's, whole
     path.write_bytes(path.read_bytes()[:40])  # as a non-atomic writer would have left it
     with pytest.raises(ValueError, match=rf"{path}: invalid JSON"):
         read_json_dict(path, "a run summary")
