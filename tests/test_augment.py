@@ -346,3 +346,13 @@ def test_resize_shape_matches_transformers(hw: tuple[int, int], size: int) -> No
     expected = get_resize_output_image_size(np.zeros((*hw, 3)), size, default_to_square=False)
     assert pre.resize_shape(*hw) == tuple(expected)
     assert pre([torch.zeros((3, *hw), dtype=torch.uint8)]).shape == (1, 3, size, size)
+
+
+def test_identity_returns_the_image_and_replays_exactly():
+    from lightning_aug_dpo import Identity, replay
+
+    images = torch.randn(3, 3, 16, 16)
+    out, records = Identity()(images, [1, 2, 3])
+    assert torch.equal(out, images) and out.data_ptr() != images.data_ptr()
+    assert [r["preset"] for r in records] == ["identity"] * 3
+    assert torch.equal(replay(records[1], images[1]), images[1])

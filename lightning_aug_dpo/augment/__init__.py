@@ -3,6 +3,7 @@
 from lightning_aug_dpo.augment.adaptive import AdaptiveStrength
 from lightning_aug_dpo.augment.base import Augmentation, seeded
 from lightning_aug_dpo.augment.diffusion import DiffusionNoise, diffusion_schedule
+from lightning_aug_dpo.augment.identity import Identity
 from lightning_aug_dpo.augment.kornia_augment import KorniaAugmentation
 from lightning_aug_dpo.augment.preprocess import ImagePreprocessor
 from lightning_aug_dpo.augment.presets import PRESET_NAMES, Preset, build_preset
@@ -13,6 +14,7 @@ __all__ = [
     "AdaptiveStrength",
     "Augmentation",
     "DiffusionNoise",
+    "Identity",
     "ImagePreprocessor",
     "KorniaAugmentation",
     "Preset",

@@ -8,6 +8,7 @@ import torch
 
 from lightning_aug_dpo.augment.base import Augmentation
 from lightning_aug_dpo.augment.diffusion import DiffusionNoise
+from lightning_aug_dpo.augment.identity import Identity
 from lightning_aug_dpo.augment.kornia_augment import KorniaAugmentation
 from lightning_aug_dpo.augment.presets import PRESET_NAMES, Preset
 
@@ -29,6 +30,8 @@ def build_augmentation(record: dict[str, Any]) -> Augmentation:
             num_steps=record.get("num_steps", 1000),
             space=record.get("space", "normalized"),
         )
+    elif kind == "identity":
+        aug = Identity()
     elif kind in PRESET_NAMES:
         aug = Preset(kind, record["strength"])
     else:
