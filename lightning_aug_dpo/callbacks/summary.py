@@ -37,7 +37,7 @@ class RunSummary(Callback):
             "final_epoch_reward_margin": stats.get("rewards/margins"),
         }
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(("mmvet/", "llava_bench/")):
+            if name.startswith(("mmvet/", "llava_bench/", "toy/")):
                 out[name] = float(value)
         # The module writes the adapter in its own on_fit_end, which runs after the callbacks'.
         out["adapter"] = str(run_dir(trainer) / "adapter")
