@@ -23,6 +23,7 @@ from lightning_aug_dpo.callbacks import (
     PairsWriter,
     POPECallback,
     RunSummary,
+    ToyWorldCallback,
 )
 from lightning_aug_dpo.data import AugPairDataModule
 from lightning_aug_dpo.losses import (
@@ -83,6 +84,7 @@ __all__ = [
     "SFTLoss",
     "SigmoidDPOLoss",
     "SimPOLoss",
+    "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
     "write_tiny_llava",

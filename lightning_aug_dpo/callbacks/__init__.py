@@ -1,5 +1,5 @@
-"""Lightning callbacks: benchmark evaluation, adapter checkpoints, pair export and gallery, run
-summary."""
+"""Lightning callbacks: benchmark evaluation (MM-Vet, LLaVA-Bench, POPE, toy world), adapter
+checkpoints, pair export and gallery, run summary."""
 
 from lightning_aug_dpo.callbacks.adapter import AdapterCheckpoint, adapter_dir_for
 from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
@@ -9,6 +9,7 @@ from lightning_aug_dpo.callbacks.mmvet import MMVetCallback
 from lightning_aug_dpo.callbacks.pairs_writer import PairsWriter
 from lightning_aug_dpo.callbacks.pope import POPECallback
 from lightning_aug_dpo.callbacks.summary import RunSummary
+from lightning_aug_dpo.callbacks.toy_world import ToyWorldCallback
 
 __all__ = [
     "AdapterCheckpoint",
@@ -19,5 +20,6 @@ __all__ = [
     "PairGalleryCallback",
     "PairsWriter",
     "RunSummary",
+    "ToyWorldCallback",
     "adapter_dir_for",
 ]

@@ -98,7 +98,7 @@ class RunSummary(Callback):
             }
         )
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(("mmvet/", "llava_bench/")):
+            if name.startswith(("mmvet/", "llava_bench/", "toy/")):
                 out[name] = float(value)
         # The module writes the adapter in its own on_fit_end, which runs after the callbacks'.
         out["adapter"] = str(run_dir(trainer) / "adapter")

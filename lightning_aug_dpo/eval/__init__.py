@@ -1,7 +1,8 @@
 """Benchmark evaluation: official files, judges, grading and scoring (no Lightning needed).
 
 MM-Vet (``mmvet``), LLaVA-Bench in the wild (``llava_bench``) and POPE (``pope``) loaders and
-scorers reproduce the official scripts; judges (``judges``, ``http_judge``, ``hf_judge``) plug in
+scorers reproduce the official scripts; ``toy_world`` scores answers on the generated toy world
+exactly from its scene records; judges (``judges``, ``http_judge``, ``hf_judge``) plug in
 by ``class_path``; ``grading`` runs a judge over a benchmark; ``generate`` answers questions with
 any model that has ``generate(pixel_values, questions, max_new_tokens)``.
 """
@@ -60,6 +61,7 @@ from lightning_aug_dpo.eval.pipeline import (
     finish_llava_bench,
     finish_mmvet,
     finish_pope,
+    finish_toy,
     read_scores,
 )
 from lightning_aug_dpo.eval.pope import (
@@ -71,6 +73,13 @@ from lightning_aug_dpo.eval.pope import (
     score_pope,
 )
 from lightning_aug_dpo.eval.prompts import PromptSet, load_mmvet_prompt, load_rule_file
+from lightning_aug_dpo.eval.toy_world import (
+    ToyBenchmark,
+    format_toy_table,
+    load_toy_benchmark,
+    score_toy,
+    toy_prompts,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -96,12 +105,15 @@ __all__ = [
     "PromptSet",
     "Review",
     "RuleJudge",
+    "ToyBenchmark",
     "canonical_capabilities",
     "combination_key",
     "contains_phrase",
     "finish_llava_bench",
     "finish_mmvet",
     "finish_pope",
+    "finish_toy",
+    "format_toy_table",
     "generate_answers",
     "grade_mmvet",
     "grade_mmvet_outcome",
@@ -113,6 +125,7 @@ __all__ = [
     "load_mmvet_prompt",
     "load_pope",
     "load_rule_file",
+    "load_toy_benchmark",
     "normalize",
     "parse_two_scores",
     "parse_yes_no",
@@ -128,7 +141,9 @@ __all__ = [
     "score_llava_bench",
     "score_mmvet",
     "score_pope",
+    "score_toy",
     "shard",
+    "toy_prompts",
     "write_answers",
     "write_grades",
 ]

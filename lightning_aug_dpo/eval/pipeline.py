@@ -6,7 +6,9 @@ output folder:
 * MM-Vet: ``answers.json`` (results format ``{"v1_0": ...}``), ``grades.json`` (the official
   grader's ``{id: {model, content, score}}``, fully graded ids only), ``scores.json``;
 * LLaVA-Bench: ``answers.jsonl`` (LLaVA's answer rows), ``reviews-run{k}.jsonl`` (review rows with
-  ``tuple``), ``scores.json``.
+  ``tuple``), ``scores.json``;
+* POPE: ``answers-<split>.jsonl``, ``scores.json``; the toy world: ``answers.jsonl`` (``{id,
+  prompt, answer}``), ``scores.json`` (judge-free: always complete).
 
 ``scores.json`` records ``complete`` (False after a judge outage, with the error), the judge's
 identity (class, model, endpoint, prompt sources and hashes; never a key), the number of runs,
@@ -17,10 +19,11 @@ reply cache: only unanswered requests are sent.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lightning_aug_dpo.eval.files import write_json, write_jsonl
+from lightning_aug_dpo.eval.files import read_jsonl, write_json, write_jsonl
 from lightning_aug_dpo.eval.grading import grade_mmvet_outcome, review_llava_bench, runs_of
 from lightning_aug_dpo.eval.judges import Judge
 from lightning_aug_dpo.eval.llava_bench import (
@@ -42,6 +45,13 @@ from lightning_aug_dpo.eval.pope import (
     format_pope_table,
     pope_as_metrics,
     score_pope,
+)
+from lightning_aug_dpo.eval.toy_world import (
+    ToyBenchmark,
+    format_toy_table,
+    score_answer,
+    score_toy,
+    toy_prompts,
 )
 
 
@@ -204,6 +214,60 @@ def finish_pope(
         "scores": scores,
         "metrics": {f"{prefix}/complete": 1.0, **pope_as_metrics(scores, prefix)},
         "table": format_pope_table(scores),
+    }
+    _write_scores(out, record)
+    return record
+
+
+def _model_label(model: dict[str, Any] | None) -> str:
+    """The table's row name: the adapter's folder if any, else the model's, else ``model``."""
+    if not model:
+        return "model"
+    name = model.get("adapter") or model.get("model")
+    return Path(str(name)).name if name else "model"
+
+
+def finish_toy(
+    bench: ToyBenchmark,
+    answers: dict[str, str] | None,
+    out: str | Path,
+    model: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``answers.jsonl`` (``{id, prompt, answer}`` per question: descriptions, then the
+    probes as ``pope:<split>/<question_id>``), score exactly from the scene records, write
+    ``scores.json``; ``None`` reads ``out/answers.jsonl``. ``model`` as :func:`finish_mmvet`.
+
+    Metrics are :func:`~lightning_aug_dpo.eval.toy_world.score_toy`'s ``toy/...`` names plus
+    ``toy/complete`` (always 1: no judge, nothing can be left pending).
+    """
+    out = Path(out)
+    questions, _ = toy_prompts(bench)
+    if answers is None:
+        rows = read_jsonl(out / "answers.jsonl", "toy-world answers", ("id", "answer"))
+        answers = {str(r["id"]): str(r["answer"]) for r in rows}
+    else:
+        write_jsonl(
+            out / "answers.jsonl",
+            ({"id": k, "prompt": q, "answer": answers[k]} for k, q in questions.items()
+             if k in answers),
+        )  # fmt: skip
+    metrics = score_toy(bench, answers)
+    # Which kinds are named without being there: the prior partners, if SeVa has work to do.
+    hallucinated: Counter[str] = Counter()
+    for qid, scene in bench.scenes.items():
+        hallucinated.update(score_answer(answers[qid], scene)["hallucinated"])
+    record: dict[str, Any] = ({"model": model} if model is not None else {}) | {
+        "benchmark": "toy",
+        "complete": True,
+        "error": None,
+        "judge": None,
+        "questions": len(questions),
+        "descriptions": len(bench.questions),
+        "probes": len(questions) - len(bench.questions),
+        "files": {"answers": "answers.jsonl"},
+        "scores": {"hallucinated_kinds": dict(hallucinated.most_common())},
+        "metrics": {"toy/complete": 1.0, **metrics},
+        "table": format_toy_table({_model_label(model): metrics}),
     }
     _write_scores(out, record)
     return record
