@@ -7,6 +7,9 @@ accuracy / precision / recall / F1 / yes-ratio on the yes/no probes of the same 
 
 Writes ``answers.jsonl`` (``{id, prompt, answer}``) and ``scores.json`` under
 ``<run dir>/eval/toy/epoch=N/``; logs ``toy/<metric>`` and ``toy/pope/<split>/<metric>``.
+With ``before: true`` the starting model is evaluated too, before the first step (into
+``eval/toy/before/``), and the last evaluation prints and writes the before -> after table
+(``eval/toy/before_after.md`` and ``.json``): what training changed, on held-out data.
 """
 
 from __future__ import annotations
@@ -14,9 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_aug_dpo.atomic import write_json, write_text
 from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
+from lightning_aug_dpo.eval.generate import generate_answers
 from lightning_aug_dpo.eval.pipeline import finish_toy
-from lightning_aug_dpo.eval.toy_world import ToyBenchmark, load_toy_benchmark, toy_prompts
+from lightning_aug_dpo.eval.toy_world import (
+    ToyBenchmark,
+    format_toy_table,
+    load_toy_benchmark,
+    toy_prompts,
+)
+from lightning_aug_dpo.runs import run_dir
 
 
 class ToyWorldCallback(BenchmarkCallback):
@@ -32,6 +46,8 @@ class ToyWorldCallback(BenchmarkCallback):
             with size, colour, shape and position: some 32 words, roughly 40 LLaMA tokens).
         batch_size: questions per generation call (toy answers are short: large batches).
         every_n_epochs, on_validate: as :class:`BenchmarkCallback`.
+        before: also evaluate the starting model before the first training step, and print
+            the before -> after table at the last evaluation.
     """
 
     benchmark = "toy"
@@ -47,6 +63,7 @@ class ToyWorldCallback(BenchmarkCallback):
         batch_size: int = 32,
         every_n_epochs: int = 1,
         on_validate: bool = True,
+        before: bool = False,
     ) -> None:
         super().__init__(
             split_dir,
@@ -60,6 +77,8 @@ class ToyWorldCallback(BenchmarkCallback):
         )
         self.image_dir = Path(image_dir) if image_dir else self.data_dir.parent / "images"
         self.pope = pope
+        self.before = before
+        self.before_metrics: dict[str, float] | None = None
 
     def load(self) -> ToyBenchmark:
         return load_toy_benchmark(self.data_dir, self.image_dir, self.limit, self.pope)
@@ -71,3 +90,35 @@ class ToyWorldCallback(BenchmarkCallback):
 
     def finish(self, bench: ToyBenchmark, answers: Any, out: Path) -> dict[str, Any]:
         return finish_toy(bench, answers, out, {"model": "policy", "split": str(self.data_dir)})
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The starting model on the same questions (LoRA adapters are still the identity)."""
+        if not self.before or self.before_metrics is not None:
+            return
+        questions, images = self.prompts(self.bench())
+        answers = generate_answers(
+            pl_module,  # type: ignore[arg-type]
+            questions,
+            images,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
+        metrics: dict[str, float] = {}
+        if trainer.is_global_zero:
+            out = run_dir(trainer) / "eval" / self.benchmark / "before"
+            model = {"model": "starting model", "split": str(self.data_dir)}
+            metrics = finish_toy(self.bench(), answers, out, model)["metrics"]
+        self.before_metrics = trainer.strategy.broadcast(metrics, src=0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if self.before_metrics and last and self.last_record and trainer.is_global_zero:
+            rows = {"before": self.before_metrics, "after": self.last_record["metrics"]}
+            table = format_toy_table(rows)
+            root = run_dir(trainer) / "eval" / self.benchmark
+            write_text(root / "before_after.md", table + "\n")
+            write_json(root / "before_after.json", rows)
+            rank_zero_info(f"toy world, held-out {self.data_dir} (before -> after):\n{table}")
