@@ -23,7 +23,7 @@ from lightning_aug_dpo.callbacks import (
     POPECallback,
     RunSummary,
 )
-from lightning_aug_dpo.data import AugPairDataModule
+from lightning_aug_dpo.data import AugPairDataModule, SFTDataModule
 from lightning_aug_dpo.losses import (
     ChosenAnchorLoss,
     CombinedLoss,
@@ -45,7 +45,13 @@ from lightning_aug_dpo.models import (
 )
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
-from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+from lightning_aug_dpo.types import (
+    ConversationBatch,
+    PairStats,
+    PreferenceBatch,
+    PromptBatch,
+    SFTBatch,
+)
 
 __version__ = "0.1.0"
 
@@ -58,6 +64,7 @@ __all__ = [
     "ChosenAnchorLoss",
     "CombinedLoss",
     "ConditionalPreferenceLoss",
+    "ConversationBatch",
     "DiffusionNoise",
     "HingeLoss",
     "IPOLoss",
@@ -78,6 +85,8 @@ __all__ = [
     "RPOLoss",
     "RobustDPOLoss",
     "RunSummary",
+    "SFTBatch",
+    "SFTDataModule",
     "SFTLoss",
     "SigmoidDPOLoss",
     "SimPOLoss",
