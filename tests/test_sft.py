@@ -160,7 +160,7 @@ def test_full_finetune_refuses_4bit_and_needs_a_separate_dpo_reference(make_modu
         LlavaDPOModule(model_name_or_path="unused", finetune="full", load_in_4bit=True)
     module = make_module(finetune="full")
     batch = make_batch(module, QUESTIONS, CHOSEN, REJECTED)
-    with pytest.raises(ValueError, match="set model.reference: separate"):
+    with pytest.raises(ValueError, match=r"set model\.reference: separate"):
         module.preference_step(batch)
     separate = make_module(finetune="full", reference="separate")
     loss, _ = separate.preference_step(make_batch(separate, QUESTIONS, CHOSEN, REJECTED))
