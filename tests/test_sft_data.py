@@ -116,6 +116,31 @@ def test_multi_turn_mask_covers_answers_and_end_tokens_only(family) -> None:
     assert first_answer == len(prompt)
 
 
+def test_one_pass_tokens_equal_the_prefix_split_and_fall_back_on_merges(
+    family, monkeypatch
+) -> None:
+    module = family()
+    segments = module.format_conversation(TWO_TURNS)
+    texts = [t for t, _ in segments]
+    texts[0] = module.expand_image_tokens(texts[0])
+    expected = module.prefix_tokens(segments, texts)
+    with monkeypatch.context() as patch:  # the one-pass path, no fallback
+        patch.setattr(module, "prefix_tokens", lambda *a: pytest.fail("fell back"))
+        assert module.conversation_tokens(TWO_TURNS) == expected
+    # a boundary inside a word: the merged token straddles it, so the prefix split decides
+    prompt = module.format_prompt("Q?")
+    cut = [(prompt + "The circ", False), ("le is red.", True), (module.tokenizer.eos_token, True)]
+    monkeypatch.setattr(module, "format_conversation", lambda turns: cut)
+    calls = []
+    split = module.prefix_tokens
+    monkeypatch.setattr(module, "prefix_tokens", lambda *a: calls.append(1) or split(*a))
+    ids, trained = module.conversation_tokens([("user", "Q?"), ("assistant", "unused")])
+    assert calls  # "circle" is one token in both tiny vocabularies: it straddles the cut
+    tok = module.tokenizer
+    answer = [i for i, t in zip(ids, trained, strict=True) if t]
+    assert tok.decode(answer) == f"le is red.{tok.eos_token}" and answer[-1] == tok.eos_token_id
+
+
 def test_max_length_refuses_long_prompts_and_truncates_long_answers(make_module) -> None:
     module = make_module(max_length=40)
     tok = module.tokenizer
