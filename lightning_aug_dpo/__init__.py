@@ -25,7 +25,7 @@ from lightning_aug_dpo.callbacks import (
     RunSummary,
     ToyWorldCallback,
 )
-from lightning_aug_dpo.data import AugPairDataModule
+from lightning_aug_dpo.data import AugPairDataModule, SFTDataModule
 from lightning_aug_dpo.losses import (
     ChosenAnchorLoss,
     CombinedLoss,
@@ -47,7 +47,13 @@ from lightning_aug_dpo.models import (
 )
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
-from lightning_aug_dpo.types import PairStats, PreferenceBatch, PromptBatch
+from lightning_aug_dpo.types import (
+    ConversationBatch,
+    PairStats,
+    PreferenceBatch,
+    PromptBatch,
+    SFTBatch,
+)
 
 __version__ = "0.1.0"
 
@@ -60,6 +66,7 @@ __all__ = [
     "ChosenAnchorLoss",
     "CombinedLoss",
     "ConditionalPreferenceLoss",
+    "ConversationBatch",
     "DiffusionNoise",
     "Identity",
     "HingeLoss",
@@ -81,6 +88,8 @@ __all__ = [
     "RPOLoss",
     "RobustDPOLoss",
     "RunSummary",
+    "SFTBatch",
+    "SFTDataModule",
     "SFTLoss",
     "SigmoidDPOLoss",
     "SimPOLoss",

@@ -1,7 +1,8 @@
-"""``lightning-aug-dpo``: LightningCLI over ``AugDPOModule`` subclasses and the pair DataModule.
+"""``lightning-aug-dpo``: LightningCLI over ``AugDPOModule`` subclasses and any DataModule.
 
     lightning-aug-dpo fit --config configs/demo.yaml
     lightning-aug-dpo fit --config configs/seva_llava15_7b.yaml --print_config
+    lightning-aug-dpo fit --config configs/sft_demo.yaml   # supervised fine-tuning (SFTDataModule)
     lightning-aug-dpo predict --config configs/demo.yaml   # offline pairs (PairsWriter)
     lightning-aug-dpo preview --preset moco --images a.jpg b.png   # a preset's augmentations
 
@@ -17,11 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_aug_dpo.checkpoint_io import explain_load_errors, use_atomic_checkpoints
-from lightning_aug_dpo.data import AugPairDataModule
 from lightning_aug_dpo.module import AugDPOModule
 
 
@@ -53,7 +53,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AugDPOCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return AugDPOCLI(
         AugDPOModule,
-        AugPairDataModule,
+        LightningDataModule,  # AugPairDataModule (DPO) or SFTDataModule, by class_path
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

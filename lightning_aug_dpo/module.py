@@ -12,6 +12,8 @@ One training step, top to bottom (``training_step`` -> ``preference_step``):
 4. reference log-probs, under ``no_grad``: the same base with adapters disabled, or a separate
    frozen model (``reference: separate``); skipped for reference-free losses (SimPO);
 5. ``loss = self.loss(...)`` (a :class:`PreferenceLoss`), TRL-named metrics logged.
+
+An :class:`SFTBatch` (``SFTDataModule``) goes to the supervised step instead (``sft_step.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from lightning_aug_dpo.metrics import PREFERENCE_KEYS, PreferenceMetrics, prefer
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.safe_loading import load_adapter, model_kwargs
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
-from lightning_aug_dpo.types import PairStats, PreferenceBatch
+from lightning_aug_dpo.sft_step import SFTMixin
+from lightning_aug_dpo.types import PairStats, PreferenceBatch, SFTBatch
 from lightning_aug_dpo.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class AugDPOModule(RolloutMixin, pl.LightningModule):
-    """DPO over self-generated (clean-image answer, augmented-image answer) pairs.
+class AugDPOModule(RolloutMixin, SFTMixin, pl.LightningModule):
+    """DPO over self-generated (clean-image answer, augmented-image answer) pairs, and
+    supervised fine-tuning on conversations (an ``SFTDataModule`` as ``data``).
 
     Args:
         model_name_or_path: a local checkpoint directory or a hub id, read by ``from_pretrained``.
@@ -89,7 +93,8 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             eval mode: with a 4-bit base, bitsandbytes' eval kernels differ slightly from the
             training ones); off by default for exactness.
         export_merged: at the end of ``fit`` also write ``merged/``: the full-precision base
-            with the adapter merged in, loadable by plain transformers.
+            with the adapter merged in, loadable by plain transformers (always written with
+            ``finetune: full``).
         disable_dropout: set every dropout of the model (attention, MLP, LoRA) to 0, as SeVa
             and TRL do: a stochastic policy would score pairs with noise and break the exact
             ln 2 at step 0.
@@ -99,6 +104,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             (counted in ``train/nonfinite_steps``), ``error`` stops the run naming the step.
             Either way no adapter or checkpoint with non-finite weights is ever written.
         trust_remote_code: run code shipped with the checkpoint; off unless you trust it.
+        finetune: ``lora``: a PEFT adapter over the frozen (optionally 4-bit) base. ``full``:
+            the language model, the projector and the LM head trained in full
+            (``full_finetune_modules``), the vision tower frozen; not with ``load_in_4bit``,
+            ``init_adapter`` or ``modules_to_save``; DPO then needs ``reference: separate``.
+            The run writes ``merged/`` (a plain transformers model folder) instead of
+            ``adapter/``; checkpoints hold the trained tensors (most of the model).
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -128,6 +139,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         modules_to_save_lr: float | None = None,
         on_nonfinite: Literal["skip", "error"] = "skip",
         trust_remote_code: bool = False,
+        finetune: Literal["lora", "full"] = "lora",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -135,6 +147,7 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         # Callables and modules are recorded by LightningCLI's config.yaml; keep them out of
         # hparams (they do not pickle, and the loss is rebuilt from its config).
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        self.check_finetune_settings()
         self.loss = loss
         self.lora_target_modules = lora_target_modules or [
             "q_proj",
@@ -344,7 +357,10 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
             )
             base.enable_input_require_grads()
         init_adapter = self.hparams.init_adapter
-        if init_adapter:
+        if not self.has_adapter:  # finetune: full
+            self.unfreeze_for_full_finetune(base)
+            self.model = base
+        elif init_adapter:
             self.model = load_adapter(base, init_adapter, is_trainable=True)  # safetensors
         else:
             lora = LoraConfig(
@@ -405,6 +421,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         """Context in which the forwards compute the reference: the policy with adapters off,
         or the separate frozen reference model."""
         if self.reference_model is None:
+            if not self.has_adapter:
+                raise ValueError(
+                    "model.finetune: full trains the base itself, so there is no adapter to "
+                    "disable for the reference (DPO, reference rollouts); set model.reference: "
+                    "separate to compare with a frozen copy of model.model_name_or_path"
+                )
             return self.model.disable_adapter()
         return self._separate_reference()
 
@@ -530,7 +552,11 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
         return out.loss, values
 
     # ------------------------------------------------------------------ Lightning hooks
-    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(
+        self, batch: PreferenceBatch | SFTBatch, batch_idx: int
+    ) -> torch.Tensor | None:
+        if isinstance(batch, SFTBatch):
+            return self.sft_training_step(batch)
         stats: PairStats = batch.meta["stats"]
         step = {
             f"train/{name}": value
@@ -611,7 +637,9 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
     def test_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_step(self, batch: PreferenceBatch, stage: str) -> None:
+    def _eval_step(self, batch: PreferenceBatch | SFTBatch, stage: str) -> None:
+        if isinstance(batch, SFTBatch):
+            return self.sft_eval_step(batch, stage)
         if len(batch) == 0:
             return
         _, values = self.preference_step(batch)
@@ -678,14 +706,20 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.save_adapter(run_dir(self.trainer) / "adapter")
-            if self.hparams.export_merged:
+            if self.has_adapter:
+                self.save_adapter(run_dir(self.trainer) / "adapter")
+            if self.hparams.export_merged or not self.has_adapter:
                 self.export_merged(run_dir(self.trainer) / "merged")
 
     def save_adapter(self, path: Any) -> None:
         """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
         written to a temporary folder beside ``path`` and renamed into place: a kill mid-save
         leaves the previous adapter (or none), never a partial one."""
+        if not self.has_adapter:
+            raise ValueError(
+                f"not writing {path}: model.finetune: full has no adapter; use "
+                "export_merged (a plain model folder)"
+            )
         self.check_finite(f"the adapter {path}")
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(str(tmp))
@@ -693,9 +727,12 @@ class AugDPOModule(RolloutMixin, pl.LightningModule):
     def export_merged(self, path: Any) -> None:
         """A plain transformers checkpoint: the base in ``torch_dtype`` (never 4-bit: merging
         into quantised weights would round the update away) with the adapter and any trained
-        ``modules_to_save`` merged in, plus the processor. Loads with ``from_pretrained``."""
+        ``modules_to_save`` merged in, plus the processor. Loads with ``from_pretrained``.
+        With ``finetune: full``: the trained model itself (:meth:`save_full_model`)."""
         from peft import PeftModel
 
+        if not self.has_adapter:
+            return self.save_full_model(path)
         with tempfile.TemporaryDirectory() as adapter:
             self.save_adapter(adapter)
             self._full_precision = True

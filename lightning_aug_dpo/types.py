@@ -139,3 +139,46 @@ class PairStats:
     @property
     def identical_rate(self) -> float:
         return self.identical / self.candidates if self.candidates else 0.0
+
+
+#: A conversation as the SFT path sees it: ``(role, text)`` turns, roles ``user`` and
+#: ``assistant`` alternating from ``user``, ending on ``assistant``; the image belongs to the
+#: first user turn (its placeholder is stripped from the text, the chat template places it).
+Turns = list[tuple[str, str]]
+
+
+@dataclass
+class ConversationBatch:
+    """What CPU workers produce for supervised fine-tuning: decoded images at native size and
+    the conversations. Tokenisation happens after transfer, through the module's hooks."""
+
+    ids: list[str]
+    indices: list[int]  # dataset indices
+    image_paths: list[str]  # as given in the data file, relative to the image folder
+    images: list[torch.Tensor]  # uint8 (3, H, W), RGB
+    conversations: list[Turns]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image path, reason)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class SFTBatch:
+    """One supervised fine-tuning batch: full sequences (prompt, image tokens, every turn).
+
+    Right-padded; ``labels`` equals ``input_ids`` on the tokens trained on (assistant answers
+    and their end token) and is ``-100`` everywhere else (system and user text, role headers,
+    image tokens, padding), the ``ignore_index`` convention of transformers.
+    ``meta``: ``ids``, ``dropped`` (reason -> rows refused), ``truncated`` (rows whose answers
+    were cut at ``max_length``), ``bad_images`` (images skipped by the workers).
+    """
+
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

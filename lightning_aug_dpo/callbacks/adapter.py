@@ -35,8 +35,10 @@ class AdapterCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            trainer.lightning_module.save_adapter(adapter_dir_for(filepath))
+        module = trainer.lightning_module
+        # finetune: full has no adapter: the .ckpt holds the trained model (merged/ at the end)
+        if trainer.is_global_zero and getattr(module, "has_adapter", True):
+            module.save_adapter(adapter_dir_for(filepath))
 
     @staticmethod
     def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:

@@ -36,8 +36,10 @@ from lightning_aug_dpo.losses.margin import HingeLoss, IPOLoss
 from lightning_aug_dpo.losses.mdpo import ChosenAnchorLoss, ConditionalPreferenceLoss
 from lightning_aug_dpo.losses.sft import RPOLoss, SFTLoss
 from lightning_aug_dpo.losses.simpo import SimPOLoss
+from lightning_aug_dpo.losses.token_nll import IGNORE_INDEX, token_nll
 
 __all__ = [
+    "IGNORE_INDEX",
     "OPTIONAL_INPUTS",
     "ChosenAnchorLoss",
     "CombinedLoss",
@@ -55,4 +57,5 @@ __all__ = [
     "concat_prompt_response",
     "response_logits_to_keep",
     "sequence_logprobs",
+    "token_nll",
 ]

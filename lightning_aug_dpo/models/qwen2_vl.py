@@ -50,6 +50,12 @@ class TokenizerAndImageProcessor:
         """The prompt text, as ``Qwen2VLProcessor.apply_chat_template`` renders it."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
+    def save_pretrained(self, path: str) -> None:
+        """Both parts into ``path`` (merged exports), where :meth:`Qwen2VLDPOModule.load_processor`
+        and transformers' ``AutoTokenizer`` / ``AutoImageProcessor`` find them."""
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
 
 class Qwen2VLDPOModule(AugDPOModule):
     """SeVa DPO for Qwen2-VL checkpoints (``Qwen/Qwen2-VL-2B-Instruct``, ``-7B-Instruct`` or a
@@ -100,6 +106,10 @@ class Qwen2VLDPOModule(AugDPOModule):
     def quantization_skip_modules(self) -> list[str]:
         # bitsandbytes matches full prefixes: the vision tower and its merger stay unquantised.
         return [self.vision_prefix, "lm_head"]
+
+    def full_finetune_modules(self) -> list[str]:
+        # The projector of Qwen2-VL is the patch merger at the top of the vision tower.
+        return [self.language_model_prefix, f"{self.vision_prefix}.merger", "lm_head"]
 
     def lora_target_regex(self) -> str:
         # The vision blocks' Linear layers are named qkv/proj/fc1/fc2 today; scoping to the
