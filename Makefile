@@ -12,9 +12,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-all lint install clean
 
+# One torch thread: on a busy 2-core machine two intra-op threads made a step ~25x slower.
+DEMO_THREADS ?= 1
+
 demo: $(VENV)/.installed
 	$(PY) -m lightning_aug_dpo.demo demo_assets
-	$(VENV)/bin/lightning-aug-dpo fit --config configs/demo.yaml
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/lightning-aug-dpo fit --config configs/demo.yaml
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

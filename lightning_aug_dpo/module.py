@@ -110,6 +110,9 @@ class AugDPOModule(RolloutMixin, SFTMixin, pl.LightningModule):
             ``init_adapter`` or ``modules_to_save``; DPO then needs ``reference: separate``.
             The run writes ``merged/`` (a plain transformers model folder) instead of
             ``adapter/``; checkpoints hold the trained tensors (most of the model).
+        train_vision_tower: with ``finetune: full``, train the vision tower too (every
+            parameter): for a model trained from scratch, such as the toy base, whose vision
+            tower is random. LLaVA-1.5 keeps its pretrained CLIP frozen (the default).
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: scheduler factory; a ``WarmupCosineSchedule`` without ``total_steps``
             is sized from the Trainer. Stepped every optimizer step.
@@ -140,6 +143,7 @@ class AugDPOModule(RolloutMixin, SFTMixin, pl.LightningModule):
         on_nonfinite: Literal["skip", "error"] = "skip",
         trust_remote_code: bool = False,
         finetune: Literal["lora", "full"] = "lora",
+        train_vision_tower: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:

@@ -49,6 +49,11 @@ class SFTMixin(ConversationMixin):
         if hp.finetune not in ("lora", "full"):
             raise ValueError(f"model.finetune must be 'lora' or 'full', got {hp.finetune!r}")
         if hp.finetune == "lora":
+            if hp.get("train_vision_tower"):
+                raise ValueError(
+                    "model.train_vision_tower needs model.finetune: full (LoRA adapts the "
+                    "language model only)"
+                )
             return
         clashes = {
             "load_in_4bit": (
@@ -78,7 +83,11 @@ class SFTMixin(ConversationMixin):
         return ["model.language_model", "model.multi_modal_projector", "lm_head"]
 
     def unfreeze_for_full_finetune(self, model: nn.Module) -> None:
-        """Make the :meth:`full_finetune_modules` trainable; each prefix must match."""
+        """Make the :meth:`full_finetune_modules` trainable (every parameter with
+        ``train_vision_tower``); each prefix must match."""
+        if self.hparams.train_vision_tower:
+            model.requires_grad_(True)
+            return
         prefixes = self.full_finetune_modules()
         matched = set()
         for name, param in model.named_parameters():

@@ -365,7 +365,7 @@ def bad_demo(demo_assets, tmp_path: Path, monkeypatch) -> tuple[Path, dict[str, 
 
 
 def _fit_args(run_dir: Path, mode: str) -> list[str]:
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo_mmvet.yaml"
     return [
         "fit",
         "--config",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_mmvet.yaml"
 SMALL = ["--data.init_args.num_prompts=16", "--data.init_args.num_val_prompts=4"]
 
 
@@ -24,7 +24,7 @@ def demo_cwd(demo_assets, tmp_path: Path) -> Path:
 
 
 def run_cli(cwd: Path, command: str, *args: str, devices: int) -> None:
-    """``lightning-aug-dpo COMMAND --config demo.yaml ... ARGS`` (overrides after the config)."""
+    """``lightning-aug-dpo COMMAND --config demo_mmvet.yaml ... ARGS`` (overrides after the config)."""
     strategy = "ddp" if devices > 1 else "auto"
     cmd = [sys.executable, "-m", "lightning_aug_dpo", command, "--config", str(CONFIG), *SMALL,
            f"--trainer.devices={devices}", f"--trainer.strategy={strategy}", *args]  # fmt: skip

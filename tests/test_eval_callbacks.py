@@ -208,7 +208,7 @@ def test_callback_runs_under_validate(demo_assets, tmp_path: Path, monkeypatch) 
         "init_args": {"data_dir": "demo_assets/data/mmvet", "limit": 4, "max_new_tokens": 3},
     }
     overlay.write_text(json.dumps({"trainer": {"callbacks": [callback]}}))
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo_mmvet.yaml"
     cli = cli_main(
         ["validate", "--config", str(demo), "--config", str(overlay),
          "--data.init_args.num_prompts=8", "--data.init_args.num_val_prompts=4"]

@@ -7,6 +7,7 @@ import pytest
 from lightning_aug_dpo.data.filters import (
     IdenticalFilter,
     LengthFilter,
+    LengthMatchFilter,
     SimilarityFilter,
     first_reason,
     normalize_answer,
@@ -45,6 +46,18 @@ def test_length_filter() -> None:
     assert LengthFilter()(r(""), r("x")) == "too_short"  # empty answers never teach anything
     with pytest.raises(ValueError):
         LengthFilter(min_words=5, max_words=2)
+
+
+def test_length_match_filter() -> None:
+    assert LengthMatchFilter()(r("a red circle"), r("a blue square")) is None
+    assert LengthMatchFilter()(r("a red circle"), r("a red circle and a square")) == (
+        "length_mismatch"
+    )
+    assert LengthMatchFilter(3)(r("a red circle"), r("a red circle and a square")) is None
+    assert LengthMatchFilter(2)(r("a red circle"), r("a red circle and a square")) is not None
+    assert LengthMatchFilter(max_word_diff=2)(r("a"), r("a b c")) is None
+    with pytest.raises(ValueError):
+        LengthMatchFilter(max_word_diff=-1)
 
 
 def test_similarity_filter() -> None:

@@ -73,7 +73,7 @@ def test_fit_bf16_on_cuda(demo_assets, tmp_path: Path, monkeypatch) -> None:
 
     (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
     monkeypatch.chdir(tmp_path)
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo_mmvet.yaml"
     cli = cli_main(
         [
             "fit",

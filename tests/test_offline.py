@@ -118,7 +118,7 @@ def test_fit_trains_from_a_predicted_pairs_file_with_repetition(demo_cwd: Path) 
     out = demo_cwd / "runs" / "demo_rollout" / "pairs.jsonl"
     predict()
     pairs = rows_of(out)
-    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.init_args.data_path=null",
+    args = ["fit", "--config", str(CONFIGS / "demo_mmvet.yaml"), "--data.init_args.data_path=null",
             f"--data.init_args.pairs_path={out}", "--data.init_args.pairs_repeat=2",
             "--data.init_args.num_prompts=null", "--data.init_args.num_val_prompts=0",
             "--trainer.max_epochs=1", "--trainer.callbacks=[]"]  # fmt: skip

@@ -328,3 +328,16 @@ def test_cli_fits_the_sft_demo_config(demo_assets, tmp_path, monkeypatch) -> Non
     assert list((run / "checkpoints").glob("*-adapter/adapter_model.safetensors"))
     merged = LlavaForConditionalGeneration.from_pretrained(run / "merged")
     assert merged.config.image_token_index == cli.model.image_token_id()
+
+
+def test_train_vision_tower_trains_every_weight(tiny_llava_dir) -> None:
+    """A model trained from scratch (the toy base) trains its random vision tower too."""
+    module = build(LlavaDPOModule, tiny_llava_dir, finetune="full", train_vision_tower=True)
+    batch = sft_batch(module)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    sft_train(module, batch, steps=2)
+    changed = {k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert any("vision_tower" in k for k in changed)
+    assert all(p.requires_grad for p in module.model.parameters())
+    with pytest.raises(ValueError, match="needs model.finetune: full"):
+        LlavaDPOModule(model_name_or_path=str(tiny_llava_dir), train_vision_tower=True)

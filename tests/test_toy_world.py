@@ -317,7 +317,7 @@ def test_callback_under_validate_by_class_path(demo_assets, world: Path, tmp_pat
     }
     (tmp_path / "toy.yaml").write_text(json.dumps({"trainer": {"callbacks": [callback]}}))
     cli = cli_main(
-        ["validate", "--config", str(ROOT / "configs" / "demo.yaml"),
+        ["validate", "--config", str(ROOT / "configs" / "demo_mmvet.yaml"),
          "--config", str(tmp_path / "toy.yaml"),
          "--data.init_args.num_prompts=8", "--data.init_args.num_val_prompts=4"]
     )  # fmt: skip

@@ -77,6 +77,28 @@ class LengthFilter:
         return None
 
 
+class LengthMatchFilter:
+    """Drop pairs whose answers differ in length by more than ``max_word_diff`` words.
+
+    Length control for long answers: an augmentation biases the rejected answer's length (noise
+    makes a model see more objects, a crop fewer), and DPO then learns the length ("mention
+    fewer objects") instead of the content. Keeping pairs of (nearly) equal length leaves the
+    content difference as the signal. Label-free: only the two answers are compared.
+
+    Args:
+        max_word_diff: largest difference in whitespace-separated words kept (0: equal length).
+    """
+
+    def __init__(self, max_word_diff: int = 0) -> None:
+        if max_word_diff < 0:
+            raise ValueError(f"max_word_diff must be >= 0, got {max_word_diff}")
+        self.max_word_diff = max_word_diff
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        diff = abs(len(chosen.text.split()) - len(rejected.text.split()))
+        return "length_mismatch" if diff > self.max_word_diff else None
+
+
 class SimilarityFilter:
     """Drop pairs whose answers are more alike than ``max_similarity``.
 

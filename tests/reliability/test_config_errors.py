@@ -17,7 +17,7 @@ from lightning_aug_dpo import LlavaDPOModule
 from lightning_aug_dpo.cli import cli_main
 from lightning_aug_dpo.validation import ConfigError
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_mmvet.yaml"
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_mmvet.yaml"
 TESTS = Path(__file__).resolve().parent
 NUM_PROMPTS, BATCH_SIZE, EPOCHS = 20, 4, 2  # 5 steps per epoch
 

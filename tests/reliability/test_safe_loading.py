@@ -212,7 +212,7 @@ def test_checkpoints_load_weights_only_whatever_the_environment_says(tmp_path, m
 
 
 FIT = [
-    "--config", str(ROOT / "configs" / "demo.yaml"),
+    "--config", str(ROOT / "configs" / "demo_mmvet.yaml"),
     "--data.init_args.num_prompts=4", "--data.init_args.num_val_prompts=0",
     "--data.init_args.batch_size=4", "--data.init_args.max_new_tokens=4",
     "--trainer.max_epochs=1", "--trainer.logger=false",

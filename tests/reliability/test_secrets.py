@@ -30,7 +30,7 @@ from lightning_aug_dpo.eval import JudgeError, JudgeUnavailable, OpenAIJudge
 from lightning_aug_dpo.eval.stub_server import StubChatServer
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "demo.yaml"
+CONFIG = ROOT / "configs" / "demo_mmvet.yaml"
 KEY_ENV = "LAD_SECRETS_TEST_KEY"
 ECHO = "Incorrect API key provided: {auth}"  # the stub's error body, with the header it received
 

@@ -1,4 +1,4 @@
-"""Soak: the demo pipeline (LightningCLI on ``configs/demo.yaml``: online rollouts with the
+"""Soak: the demo pipeline (LightningCLI on ``configs/demo_mmvet.yaml``: online rollouts with the
 diffusion augmentation, AdapterCheckpoint, MM-Vet, gallery, summary, CSVLogger) runs 500 optimizer
 steps on CPU with memory sampled every 50 steps, and memory does not grow after warm-up.
 
