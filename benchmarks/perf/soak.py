@@ -3,7 +3,7 @@
     python benchmarks/perf/soak.py                       # 500 steps, samples every 50, warm-up 100
     python benchmarks/perf/soak.py --steps 150 --output /tmp/soak.json
 
-What runs: ``configs/demo.yaml`` through ``LightningCLI`` (``cli_main(run=False)`` then
+What runs: ``configs/demo_mmvet.yaml`` through ``LightningCLI`` (``cli_main(run=False)`` then
 ``trainer.fit``), on the demo assets (``lightning_aug_dpo.demo.prepare_demo_assets``; written to a
 temporary folder unless ``--assets`` names one), with every part of the demo on: online rollouts
 of the reference on the clean and the diffusion-noised image (adaptive strength), DPO of the
@@ -73,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment import machine_info  # beside this script
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = ROOT / "configs" / "demo_mmvet.yaml"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "soak.json"
 MIB = 2**20
 
@@ -82,7 +82,7 @@ __all__ = ["MemorySampler", "SoakSettings", "judge", "main", "memory_sample", "r
 
 @dataclass(frozen=True)
 class SoakSettings:
-    """The soak's sizes; everything else is ``configs/demo.yaml``.
+    """The soak's sizes; everything else is ``configs/demo_mmvet.yaml``.
 
     Args:
         steps: optimizer steps (``trainer.max_steps``).
@@ -267,7 +267,7 @@ def judge(samples: list[dict[str, Any]], warmup: int, tolerance: float) -> dict[
 
 # ---------------------------------------------------------------------- the run
 def soak_config(assets: dict[str, Path], out: Path, s: SoakSettings) -> dict[str, Any]:
-    """``configs/demo.yaml`` with the demo assets at ``assets``, outputs under ``out`` and the
+    """``configs/demo_mmvet.yaml`` with the demo assets at ``assets``, outputs under ``out`` and the
     sizes of ``s`` (see the module docstring); every callback of the demo but the progress bar."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     config["seed_everything"] = s.seed
