@@ -108,7 +108,7 @@ def run_job(job: Job, world: Path) -> Job:
     cmd = [sys.executable, str(REPO / "benchmarks" / "toy_world_eval.py"), "--model", str(TOY_BASE_DIR),
            "--split-dir", str(world / job.split), "--image-dir", str(world / "images"),
            "--out", str(job.out / f"eval-{job.split}"), "--dtype", "float32", "--device", "cpu",
-           "--batch-size", "64"]  # fmt: skip
+           "--batch-size", "64", "--max-new-tokens", "64"]  # fmt: skip
     if adapter is not None:
         cmd += ["--adapter", str(adapter)]
     with open(job.out / f"eval-{job.split}.log", "w") as log:

@@ -24,7 +24,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft_toy.yaml"
 # text 128 wide x 2 layers, vision 64 wide x 2 layers, 64 px images in 8 px patches (64 image
 # tokens: with 16 px patches a model this small never learns from pixels), vocab 512
 TOY_SPEC = {"hidden_size": 128, "intermediate_size": 256, "patch_size": 8, "seed": 0}
-SHA256 = None  # filled in from the committed build (model.safetensors)
+SHA256 = "fef225e4870deb465c4a09868d18f459f1f2d46c819084e6469054be2c2be76d"  # model.safetensors
 
 
 def file_sha256(path: str | Path) -> str:
