@@ -20,7 +20,8 @@ at a time. Rows of the test table:
 
 Settings are chosen on the validation split only (``--stage select``, seed 0, SeVa diffusion
 500): the DPO recipe (``RECIPES``: SeVa's published one, or length-controlled pairs) and its
-learning rate, and the SFT control's learning rate, written to ``OUT/selected.json``. The test split is then read once per reported setting and seed
+learning rate, and the SFT control's learning rate, written to ``OUT/selected.json``. The test
+split is then read once per reported setting and seed
 (``--stage test``), 3 seeds each, mean +- std (population) over seeds. The outcome table is
 printed and written to ``OUT/results.json`` and ``OUT/results.md``.
 """
@@ -83,7 +84,12 @@ class Job:
 
 def thread_env() -> dict[str, str]:
     # One intra-op thread per process: on a busy 2-core machine two threads were ~25x slower.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def run_job(job: Job, world: Path) -> Job:
@@ -105,7 +111,8 @@ def run_job(job: Job, world: Path) -> Job:
             subprocess.run(cmd, check=True, cwd=REPO, env=thread_env(), stdout=log, stderr=log)
         (job.out / "fit_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
         adapter = next(job.out.rglob("adapter/adapter_config.json")).parent
-    cmd = [sys.executable, str(REPO / "benchmarks" / "toy_world_eval.py"), "--model", str(TOY_BASE_DIR),
+    cmd = [sys.executable, str(REPO / "benchmarks" / "toy_world_eval.py"),
+           "--model", str(TOY_BASE_DIR),
            "--split-dir", str(world / job.split), "--image-dir", str(world / "images"),
            "--out", str(job.out / f"eval-{job.split}"), "--dtype", "float32", "--device", "cpu",
            "--batch-size", "64", "--max-new-tokens", "64"]  # fmt: skip
@@ -190,6 +197,103 @@ def test(out: Path, world: Path, workers: int, chosen: dict[str, float]) -> dict
     return result
 
 
+def audit(out: Path, world: Path, workers: int) -> dict:
+    """What each augmentation does to the answers: one ``predict`` pass over the pool per
+    augmentation (identical pairs kept), both answers scored against the pool's scene records.
+    Labels are used here for analysis only; training never sees them."""
+    from lightning_aug_dpo.data.toy_world import DESCRIBE_PROMPTS, ToyScene
+    from lightning_aug_dpo.eval.toy_world import score_answer
+
+    def one(item: tuple[str, list[str]]) -> tuple[str, dict]:
+        name, args = item
+        folder = out / "audit" / name.split(" ", 1)[1].replace(" ", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs = folder / "pairs.jsonl"
+        if not (folder / "pairs.jsonl.done").is_file():
+            cmd = [sys.executable, "-m", "lightning_aug_dpo", "predict",
+                   "--config", str(REPO / SEVA),
+                   "--config", str(REPO / "configs/toy/audit_pairs.yaml"),
+                   "--model.init_args.model_name_or_path", str(TOY_BASE_DIR), *args,
+                   *world_args(SEVA, world)]  # fmt: skip
+            with open(folder / "predict.log", "w") as log:
+                subprocess.run(
+                    cmd, check=True, cwd=folder, env=thread_env(), stdout=log, stderr=log
+                )
+        scenes = json.loads((world / "scenes.json").read_text())
+        rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+        stats: dict[str, float] = {"pairs": len(rows)}
+        kinds = {"description": [], "question": []}
+        for row in rows:
+            kind = "description" if row["prompt"] in DESCRIBE_PROMPTS else "question"
+            kinds[kind].append(row["chosen"] == row["rejected"])
+        for kind, same in kinds.items():
+            stats[f"identical_rate/{kind}"] = sum(same) / len(same) if same else 0.0
+        differing = [r for r in rows if r["chosen"] != r["rejected"]]
+        sums = {
+            "chosen_hall": 0,
+            "rejected_hall": 0,
+            "chosen_named": 0,
+            "rejected_named": 0,
+            "more": 0,
+            "fewer": 0,
+            "chosen_better": 0,
+            "rejected_better": 0,
+            "words": 0,
+        }
+        examples = []
+        for row in differing:
+            scene = ToyScene.from_record(scenes[row["image"]])
+            c, r = score_answer(row["chosen"], scene), score_answer(row["rejected"], scene)
+            sums["chosen_hall"] += len(c["hallucinated"])
+            sums["rejected_hall"] += len(r["hallucinated"])
+            sums["chosen_named"] += len(c["mentioned"])
+            sums["rejected_named"] += len(r["mentioned"])
+            sums["more"] += len(r["mentioned"]) > len(c["mentioned"])
+            sums["fewer"] += len(r["mentioned"]) < len(c["mentioned"])
+            sums["chosen_better"] += len(c["hallucinated"]) < len(r["hallucinated"])
+            sums["rejected_better"] += len(c["hallucinated"]) > len(r["hallucinated"])
+            sums["words"] += len(row["rejected"].split()) - len(row["chosen"].split())
+            if len(examples) < 3:
+                examples.append({"image": row["image"], "objects": [o.name for o in scene.objects],
+                                 "prompt": row["prompt"], "chosen": row["chosen"],
+                                 "rejected": row["rejected"]})  # fmt: skip
+        n = max(len(differing), 1)
+        stats.update({
+            "chosen_chair_i": sums["chosen_hall"] / max(sums["chosen_named"], 1),
+            "rejected_chair_i": sums["rejected_hall"] / max(sums["rejected_named"], 1),
+            "rejected_names_more": sums["more"] / n, "rejected_names_fewer": sums["fewer"] / n,
+            "chosen_fewer_hallucinations": sums["chosen_better"] / n,
+            "rejected_fewer_hallucinations": sums["rejected_better"] / n,
+            "rejected_minus_chosen_words": sums["words"] / n,
+        })  # fmt: skip
+        return name, {"stats": stats, "examples": examples}
+
+    with ThreadPoolExecutor(workers) as pool:
+        result = dict(pool.map(one, AUGMENTATIONS.items()))
+    (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_audit(result))
+    return result
+
+
+def format_audit(result: dict) -> str:
+    cols = [("identical (desc.)", "identical_rate/description"),
+            ("identical (quest.)", "identical_rate/question"),
+            ("CHAIR_i chosen", "chosen_chair_i"), ("CHAIR_i rejected", "rejected_chair_i"),
+            ("rej. names more", "rejected_names_more"),
+            ("rej. names fewer", "rejected_names_fewer"),
+            ("chosen less halluc.", "chosen_fewer_hallucinations"),
+            ("rejected less halluc.", "rejected_fewer_hallucinations")]  # fmt: skip
+    lines = ["| augmentation | " + " | ".join(c for c, _ in cols) + " | words rej. - chosen |",
+             "|" + "---|" * (len(cols) + 2)]  # fmt: skip
+    for name, entry in result.items():
+        st = entry["stats"]
+        cells = [f"{100 * st[k]:.0f}%" for _, k in cols]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {st['rejected_minus_chosen_words']:+.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = runs[0].keys()
     return {k: {"mean": statistics.fmean(r[k] for r in runs),
@@ -213,10 +317,13 @@ def format_rows(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="toy_world.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="toy_world.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, default=Path("runs/toy_world"), help="output folder")
-    p.add_argument("--stage", choices=["select", "test", "all"], default="all")
+    p.add_argument("--stage", choices=["select", "test", "audit", "all"], default="all")
     p.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
     args = p.parse_args(argv)
     from lightning_aug_dpo.data.toy_world import write_toy_world
@@ -227,10 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.stage in ("select", "all"):
         chosen = select(args.out, world, args.workers)
+    elif args.stage == "audit":
+        chosen = {}
     else:
         chosen = json.loads((args.out / "selected.json").read_text())["selected"]
     if args.stage in ("test", "all"):
         test(args.out, world, args.workers, chosen)
+    if args.stage in ("audit", "all"):
+        audit(args.out, world, args.workers)
     print(f"wall time {time.time() - t0:.0f} s with {args.workers} workers")
     return 0
 

@@ -38,7 +38,8 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from lightning_aug_dpo.demo import prepare_demo_assets
 
-    return prepare_demo_assets(tmp_path_factory.mktemp("demo_assets"), num_images=32, toy_world=False)
+    out = tmp_path_factory.mktemp("demo_assets")
+    return prepare_demo_assets(out, num_images=32, toy_world=False)
 
 
 @pytest.fixture

@@ -104,10 +104,10 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
     assert [r for r in rows if r["mmvet/total"]], "mmvet/total was never logged"
     assert [r for r in rows if r.get("val/loss")], "validation did not run"
-    # adaptive strength (demo_mmvet.yaml): t = 500 is too strong for the tiny model, so it steps down
+    # adaptive strength (demo_mmvet): t = 500 is too strong for the tiny model, so it steps down
     strengths = [float(r["train/augment/strength"]) for r in steps]
     assert strengths[0] == 0.5 and strengths[-1] < 0.5, strengths
-    # the gallery (demo_mmvet.yaml: every 8 steps and on the first) shows real pairs with their records
+    # the gallery (demo_mmvet: every 8 steps and on the first) shows real pairs with their records
     page = (run / "gallery.html").read_text(encoding="utf-8")
     assert re.findall(r'<section id="step-(\d+)"', page) == ["1"]
     pairs = page.count('<div class="pair">')

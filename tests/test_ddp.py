@@ -24,7 +24,7 @@ def demo_cwd(demo_assets, tmp_path: Path) -> Path:
 
 
 def run_cli(cwd: Path, command: str, *args: str, devices: int) -> None:
-    """``lightning-aug-dpo COMMAND --config demo_mmvet.yaml ... ARGS`` (overrides after the config)."""
+    """``lightning-aug-dpo COMMAND --config demo_mmvet.yaml ... ARGS`` (overrides after it)."""
     strategy = "ddp" if devices > 1 else "auto"
     cmd = [sys.executable, "-m", "lightning_aug_dpo", command, "--config", str(CONFIG), *SMALL,
            f"--trainer.devices={devices}", f"--trainer.strategy={strategy}", *args]  # fmt: skip

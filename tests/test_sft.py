@@ -339,5 +339,5 @@ def test_train_vision_tower_trains_every_weight(tiny_llava_dir) -> None:
     changed = {k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)}
     assert any("vision_tower" in k for k in changed)
     assert all(p.requires_grad for p in module.model.parameters())
-    with pytest.raises(ValueError, match="needs model.finetune: full"):
+    with pytest.raises(ValueError, match=r"needs model\.finetune: full"):
         LlavaDPOModule(model_name_or_path=str(tiny_llava_dir), train_vision_tower=True)
