@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -166,8 +167,9 @@ def select(out: Path, world: Path, workers: int) -> dict:
     table = {j.name: j.metrics for j in done}
     (out / "selected.json").write_text(json.dumps({"selected": chosen, "val": table}, indent=2))
     rows = {j.name: [j.metrics] for j in done}
-    (out / "selection.md").write_text(format_rows(rows) + "\n")
-    print(format_rows(rows))
+    text = format_rows(rows) + "\n\nLast epoch of each DPO run:\n\n" + format_training(dpo)
+    (out / "selection.md").write_text(text + "\n")
+    print(text)
     print(f"selected on val: {chosen}")
     return chosen
 
@@ -191,7 +193,7 @@ def test(out: Path, world: Path, workers: int, chosen: dict[str, float]) -> dict
     result = {"selected": chosen, "seeds": list(SEEDS), "rows": summary,
               "runs": {j.out.name: j.metrics for j in done}}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = format_rows(rows)
+    table = format_rows(rows) + "\n\nLast epoch of each DPO run:\n\n" + format_training(jobs)
     (out / "results.md").write_text(table + "\n")
     print(table)
     return result
@@ -294,6 +296,43 @@ def format_audit(result: dict) -> str:
     return "\n".join(lines)
 
 
+def training_stats(folder: Path) -> dict[str, float]:
+    """Means over a DPO run's last epoch (from its metrics.csv): reward accuracy and margin,
+    identical-pair rate, pairs kept per step; empty for runs without DPO steps."""
+    import csv
+
+    files = sorted(folder.rglob("metrics.csv"))
+    if not files:
+        return {}
+    rows = list(csv.DictReader(files[-1].open()))
+    keys = {
+        "reward_accuracy": "train/rewards/accuracies",
+        "reward_margin": "train/rewards/margins",
+        "identical_rate": "train/pairs/identical_rate",
+        "pairs_kept": "train/pairs/kept",
+    }
+    steps = [r for r in rows if r.get("train/loss")]
+    if not steps or "train/rewards/accuracies" not in steps[0]:
+        return {}
+    last = steps[len(steps) // 2 :]  # the second of two epochs
+    out = {}
+    for name, key in keys.items():
+        values = [float(r[key]) for r in last if r.get(key) and not math.isnan(float(r[key]))]
+        out[name] = statistics.fmean(values) if values else float("nan")
+    return out
+
+
+def format_training(jobs: list[Job]) -> str:
+    lines = ["| run | reward accuracy | reward margin | identical rate | pairs kept / step |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for job in jobs:
+        st = training_stats(job.out)
+        if st:
+            lines.append(f"| {job.name} | {st['reward_accuracy']:.2f} | {st['reward_margin']:.3f} "
+                         f"| {st['identical_rate']:.2f} | {st['pairs_kept']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = runs[0].keys()
     return {k: {"mean": statistics.fmean(r[k] for r in runs),
@@ -328,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from lightning_aug_dpo.data.toy_world import write_toy_world
 
+    args.out = args.out.resolve()  # subprocesses run in their own folders
     world = args.out / "world"
     if not (world / "world.json").is_file():
         write_toy_world(world)

@@ -334,8 +334,10 @@ def test_run_summary_picks_up_toy_metrics(tmp_path: Path) -> None:
 
     trainer = SimpleNamespace(
         loggers=[], default_root_dir=str(tmp_path), global_step=1, is_global_zero=True,
-        callback_metrics={"toy/chair_i": torch.tensor(0.25), "train/loss": torch.tensor(0.7)},
+        callback_metrics={"toy/chair_i": torch.tensor(0.25), "train/loss": torch.tensor(0.7),
+                          "toy/pope/random/recall": torch.tensor(50.0)},
     )  # fmt: skip
     module = SimpleNamespace(train_metrics=SimpleNamespace(compute=lambda: {}))
     summary = RunSummary().summary(trainer, module)  # type: ignore[arg-type]
     assert summary["toy/chair_i"] == 0.25 and "train/loss" not in summary
+    assert "toy/pope/random/recall" not in summary  # the headline only; eval/toy/ has the rest

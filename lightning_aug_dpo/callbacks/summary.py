@@ -73,6 +73,17 @@ def distinct_prompts(trainer: pl.Trainer) -> int | None:
     return len({row.id for row in rows})
 
 
+# The toy world logs ~40 values; the summary keeps the headline (eval/toy/ has them all).
+TOY_HEADLINE = (
+    "toy/chair_i",
+    "toy/chair_s",
+    "toy/coverage",
+    "toy/count_errors",
+    "toy/pope/mean/f1",
+    "toy/pope/adversarial/f1",
+)
+
+
 class RunSummary(Callback):
     """Prompts seen, pairs kept and dropped, final reward accuracy and benchmark scores.
 
@@ -98,7 +109,7 @@ class RunSummary(Callback):
             }
         )
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(("mmvet/", "llava_bench/", "toy/")):
+            if name.startswith(("mmvet/", "llava_bench/")) or name in TOY_HEADLINE:
                 out[name] = float(value)
         # The module writes the adapter in its own on_fit_end, which runs after the callbacks'.
         out["adapter"] = str(run_dir(trainer) / "adapter")
