@@ -64,7 +64,8 @@ def test_the_base_is_trained_but_imperfect(world: Path) -> None:
     ],
 )
 def test_toy_overlays_compose(base: str, overlay: str) -> None:
-    configs = ["--config", str(ROOT / "configs" / base), "--config", str(ROOT / "configs" / overlay)]
+    folder = ROOT / "configs"
+    configs = ["--config", str(folder / base), "--config", str(folder / overlay)]
     cli = cli_main([*configs, *CPU], run=False)
     hp = cli.model.hparams
     if overlay.endswith("length_control.yaml"):
@@ -95,7 +96,8 @@ def test_before_and_after_with_a_zero_learning_rate_are_equal(world: Path, tmp_p
         "--data.init_args.image_folder", str(world / "images"),
         "--data.init_args.num_prompts", "16", "--data.init_args.max_new_tokens", "16",
         "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(run),
-        "--trainer.logger.init_args.save_dir", str(run), "--trainer.callbacks", json.dumps([callback]),
+        "--trainer.logger.init_args.save_dir", str(run),
+        "--trainer.callbacks", json.dumps([callback]),
     ])  # fmt: skip
     assert isinstance(cli.trainer.callbacks[0], ToyWorldCallback)
     root = Path(cli.trainer.log_dir) / "eval" / "toy"

@@ -116,11 +116,10 @@ class BenchmarkCallback(Callback, ABC):
             rank_zero_info(f"{self.benchmark}: re-graded {folder}: {state}")
 
     @torch.no_grad()
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Generate on all ranks, grade on rank 0, broadcast and return the metrics."""
-        bench = self.bench()
-        questions, images = self.prompts(bench)
-        answers = generate_answers(
+    def answer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[Any, str]:
+        """Every question of the benchmark answered by the model (a collective: all ranks)."""
+        questions, images = self.prompts(self.bench())
+        return generate_answers(
             pl_module,  # type: ignore[arg-type]
             questions,
             images,
@@ -129,6 +128,12 @@ class BenchmarkCallback(Callback, ABC):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
+
+    @torch.no_grad()
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Generate on all ranks, grade on rank 0, broadcast and return the metrics."""
+        bench = self.bench()
+        answers = self.answer(trainer, pl_module)
         metrics: dict[str, float] = {}
         if trainer.is_global_zero:
             root = run_dir(trainer) / "eval" / self.benchmark

@@ -22,7 +22,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_aug_dpo.atomic import write_json, write_text
 from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
-from lightning_aug_dpo.eval.generate import generate_answers
 from lightning_aug_dpo.eval.pipeline import finish_toy
 from lightning_aug_dpo.eval.toy_world import (
     ToyBenchmark,
@@ -95,16 +94,7 @@ class ToyWorldCallback(BenchmarkCallback):
         """The starting model on the same questions (LoRA adapters are still the identity)."""
         if not self.before or self.before_metrics is not None:
             return
-        questions, images = self.prompts(self.bench())
-        answers = generate_answers(
-            pl_module,  # type: ignore[arg-type]
-            questions,
-            images,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-        )
+        answers = self.answer(trainer, pl_module)
         metrics: dict[str, float] = {}
         if trainer.is_global_zero:
             out = run_dir(trainer) / "eval" / self.benchmark / "before"

@@ -53,8 +53,8 @@ from lightning_aug_dpo.data.prompts import (
     Prompt,
     PromptDataset,
     collate_prompts,
-    escapes_folder,
     load_prompts,
+    refuse_outside_paths,
     split_prompts,
 )
 from lightning_aug_dpo.data.rollouts import pair_id, roll_out, select_pairs
@@ -198,7 +198,10 @@ class AugPairDataModule(pl.LightningDataModule):
             rows, self.bad_rows = prompts.prompts, prompts.bad_rows
             self.skipped_text_only = prompts.skipped_text_only
         if not self.hparams.allow_outside_paths:
-            rows = self._refuse_outside_paths(rows, path)
+            hp = self.hparams
+            rows = refuse_outside_paths(
+                rows, path, hp.image_folder, hp.on_bad_image, self.bad_rows
+            )
         if self.bad_rows:
             listed = "; ".join(f"{n}: {reason}" for n, reason in self.bad_rows)
             unit = "lines" if str(path).endswith(".jsonl") else "rows"
@@ -215,24 +218,6 @@ class AugPairDataModule(pl.LightningDataModule):
         if self.hparams.pairs_path:
             train = repeat_pairs(train, self.hparams.pairs_repeat)
         self.train_prompts = train
-
-    def _refuse_outside_paths(self, rows: list, path: str) -> list:
-        """Rows whose image leaves the image folder: an error, or skipped into ``bad_rows``."""
-        kept = []
-        for row in rows:
-            if not escapes_folder(row.image):
-                kept.append(row)
-                continue
-            reason = f"image path {row.image!r} leaves data.image_folder"
-            if self.hparams.on_bad_image == "error":
-                raise ValueError(
-                    f"{path}: {row.location or row.id}: {reason} "
-                    f"({self.hparams.image_folder}); make it relative to that folder, or set "
-                    "data.allow_outside_paths: true if the file is trusted"
-                )
-            number = int(row.location.split()[-1]) if row.location else 0
-            self.bad_rows.append((number, reason))
-        return kept
 
     @property
     def batch_size(self) -> int:

@@ -71,6 +71,28 @@ def escapes_folder(image: str) -> bool:
     return normal.is_absolute() or PureWindowsPath(image).drive != "" or normal.parts[:1] == ("..",)
 
 
+def refuse_outside_paths(
+    rows: list, source: object, image_folder: object, on_bad: str, bad_rows: list
+) -> list:
+    """The ``rows`` (with ``image`` and ``location``) whose image stays inside the image folder.
+    Another row is an error naming the file (``source``), the row and the fix (``on_bad:
+    error``), or is skipped into ``bad_rows`` as ``(line number, reason)``."""
+    kept = []
+    for row in rows:
+        if not escapes_folder(row.image):
+            kept.append(row)
+            continue
+        reason = f"image path {row.image!r} leaves data.image_folder"
+        if on_bad == "error":
+            where = row.location or getattr(row, "id", "")
+            raise ValueError(
+                f"{source}: {where}: {reason} ({image_folder}); make it relative to that folder, "
+                "or set data.allow_outside_paths: true if the file is trusted"
+            )
+        bad_rows.append((int(row.location.split()[-1]) if row.location else 0, reason))
+    return kept
+
+
 def clean_question(text: str) -> str:
     """Drop the ``<image>`` placeholder and surrounding whitespace (the model adds its own)."""
     return text.replace(IMAGE_PLACEHOLDER, "").strip()

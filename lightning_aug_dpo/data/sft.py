@@ -34,8 +34,8 @@ from lightning_aug_dpo.data.prompts import (
     OnBad,
     PromptDataset,
     check_on_bad,
-    escapes_folder,
     read_llava_json,
+    refuse_outside_paths,
     split_prompts,
 )
 from lightning_aug_dpo.data.sampler import ResumableSampler
@@ -228,7 +228,9 @@ class SFTDataModule(pl.LightningDataModule):
             source.text_only,
         )
         if not hp.allow_outside_paths:
-            rows = self._refuse_outside_paths(rows)
+            rows = refuse_outside_paths(
+                rows, hp.data_path, hp.image_folder, hp.on_bad_image, self.bad_rows
+            )
         if self.text_only:
             log.warning("%s: skipped %d rows without an image", hp.data_path, self.text_only)
         if self.bad_rows:
@@ -239,22 +241,6 @@ class SFTDataModule(pl.LightningDataModule):
         self.train_rows, self.val_rows = split_prompts(
             rows, hp.num_samples, hp.num_val_samples, hp.seed
         )
-
-    def _refuse_outside_paths(self, rows: list[Conversation]) -> list[Conversation]:
-        kept = []
-        for row in rows:
-            if not escapes_folder(row.image):
-                kept.append(row)
-                continue
-            reason = f"image path {row.image!r} leaves data.image_folder"
-            if self.hparams.on_bad_image == "error":
-                raise ValueError(
-                    f"{self.hparams.data_path}: {row.location}: {reason} "
-                    f"({self.hparams.image_folder}); make it relative to that folder, or set "
-                    "data.allow_outside_paths: true if the file is trusted"
-                )
-            self.bad_rows.append((int(row.location.split()[-1]), reason))
-        return kept
 
     def _loader(self, rows: list[Conversation], shuffle: bool) -> DataLoader:
         hp = self.hparams

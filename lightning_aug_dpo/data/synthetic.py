@@ -221,7 +221,8 @@ CocoFamily = Callable[[random.Random, Scene], QA]
 COCO_FAMILIES: tuple[CocoFamily, ...] = (_q_color, _q_count, _q_left_of, _q_exists, _q_word)
 
 
-def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+def conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """LLaVA-665k ``conversations``: human/gpt turns, ``<image>`` in the first human turn."""
     conv = []
     for i, (q, a) in enumerate(turns):
         conv.append({"from": "human", "value": ("<image>\n" + q) if i == 0 else q})
@@ -232,7 +233,7 @@ def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
 def _row(image_dir: str, ident: str, scene: Scene, turns: list[tuple[str, str]]) -> Sample:
     image = f"{image_dir}/{ident}.png"
     return Sample(
-        {"id": ident, "image": image, "conversations": _conversation(turns)}, image, scene
+        {"id": ident, "image": image, "conversations": conversation(turns)}, image, scene
     )
 
 

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lightning_aug_dpo.data.synthetic import Scene, Shape, render_scene
+from lightning_aug_dpo.data.synthetic import Scene, Shape, conversation, render_scene
 
 IMAGE_SIZE = 64
 TOY_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -315,7 +315,7 @@ def write_toy_world(
         if split == "train":
             rows = [
                 {"id": item.id, "image": item.image,
-                 "conversations": _conversation(sft_turns(item.scene, rng))}
+                 "conversations": conversation(sft_turns(item.scene, rng))}
                 for item in images
             ]
             paths["train"] = out / "train.json"
@@ -349,14 +349,6 @@ def _pool_question(scene: ToyScene, rng: random.Random) -> str:
     if rng.random() < 0.75:
         return rng.choice(DESCRIBE_PROMPTS)
     return rng.choice((answer_count, answer_column))(scene, rng)[0]
-
-
-def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
-    conv = []
-    for i, (q, a) in enumerate(turns):
-        conv.append({"from": "human", "value": ("<image>\n" + q) if i == 0 else q})
-        conv.append({"from": "gpt", "value": a})
-    return conv
 
 
 def main(argv: list[str] | None = None) -> int:
