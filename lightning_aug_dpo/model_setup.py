@@ -1,0 +1,159 @@
+"""``ModelSetupMixin``: building the models of :class:`AugDPOModule` in ``configure_model``
+(processor, config checks, the frozen and optionally 4-bit base, LoRA or full fine-tuning, the
+separate reference) and choosing which model a forward runs (policy or reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_aug_dpo.safe_loading import load_adapter, model_kwargs
+from lightning_aug_dpo.validation import check_config
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelSetupMixin:
+    """Model construction for :class:`~lightning_aug_dpo.module.AugDPOModule`."""
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return DTYPES[self.hparams.torch_dtype]
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the model's ``from_pretrained``: safetensors weights only (a
+        local folder with only ``.bin`` pickles is refused naming the fix), no shipped code
+        unless ``trust_remote_code``, dtype and quantisation."""
+        path, trust = self.hparams.model_name_or_path, self.hparams.trust_remote_code
+        kwargs: dict[str, Any] = {"dtype": self.compute_dtype, **model_kwargs(path, trust)}
+        if self.hparams.load_in_4bit and not self._full_precision:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self.compute_dtype,
+                llm_int8_skip_modules=self.quantization_skip_modules(),
+            )
+            # Quantise straight onto the training device instead of moving packed weights later.
+            device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+            kwargs["device_map"] = {"": str(device)}
+        return kwargs
+
+    def configure_model(self) -> None:
+        """Load processor and base, freeze the base, attach LoRA. Idempotent."""
+        if self.model is not None:
+            return
+        from peft import LoraConfig, get_peft_model
+
+        self.processor = self.load_processor()
+        self.model_config = self.load_config()
+        check_config(self, self.model_config)  # every config error before the weights load
+        base = self.load_model()
+        base.requires_grad_(False)
+        base.train()  # from_pretrained returns eval mode; Lightning toggles modes from here on
+        if self.hparams.gradient_checkpointing:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            base.enable_input_require_grads()
+        init_adapter = self.hparams.init_adapter
+        if not self.has_adapter:  # finetune: full
+            self.unfreeze_for_full_finetune(base)
+            self.model = base
+        elif init_adapter:
+            self.model = load_adapter(base, init_adapter, is_trainable=True)  # safetensors
+        else:
+            lora = LoraConfig(
+                r=self.hparams.lora_r,
+                lora_alpha=self.hparams.lora_alpha,
+                lora_dropout=self.hparams.lora_dropout,
+                target_modules=self.lora_target_regex(),
+                modules_to_save=self.hparams.modules_to_save,
+                bias="none",
+            )
+            self.model = get_peft_model(base, lora)
+        # Trainable tensors (LoRA, modules_to_save copies) in float32: with a bf16 base and
+        # bf16-mixed there is no fp32 master copy, and lr-2e-6 updates would round away.
+        for param in self.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        if self.hparams.disable_dropout:
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        if self.hparams.reference == "separate":
+            self.reference_model = self._load_reference(init_adapter)
+        elif init_adapter:
+            log.warning(
+                "init_adapter with reference: base compares the policy with the base WITHOUT "
+                "%s; set reference: separate to compare with the adapter you start from",
+                init_adapter,
+            )
+        self.preprocessor = self.image_preprocessor()
+
+    def _load_reference(self, init_adapter: str | None) -> nn.Module:
+        """A second frozen copy of the base (quantised like the policy's), with the starting
+        adapter attached and frozen: the reference for ``reference: separate``."""
+        reference = self.load_model()
+        if init_adapter:
+            reference = load_adapter(reference, init_adapter, is_trainable=False)
+        reference.requires_grad_(False)
+        # A reference is deterministic: no dropout, whatever the adapter was trained with. It
+        # follows the policy's train/eval mode (Lightning toggles both) because bitsandbytes'
+        # 4-bit layers use other kernels in eval mode: mixed modes would break ln 2 at step 0.
+        for module in reference.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        return reference.train()
+
+    @property
+    def wants_rollout_logps(self) -> bool:
+        """Whether reference rollouts should return the chosen answers' log-probs for reuse."""
+        return self.hparams.reuse_rollout_reference_logps and self.loss.needs_reference
+
+    @property
+    def active_model(self) -> nn.Module:
+        """The model forwards and ``generate`` use: the reference inside
+        :meth:`reference_context` when it is a separate model, else the policy."""
+        return self.reference_model if self._reference_active else self.model
+
+    def reference_context(self) -> AbstractContextManager:
+        """Context in which the forwards compute the reference: the policy with adapters off,
+        or the separate frozen reference model."""
+        if self.reference_model is None:
+            if not self.has_adapter:
+                raise ValueError(
+                    "model.finetune: full trains the base itself, so there is no adapter to "
+                    "disable for the reference (DPO, reference rollouts); set model.reference: "
+                    "separate to compare with a frozen copy of model.model_name_or_path"
+                )
+            return self.model.disable_adapter()
+        return self._separate_reference()
+
+    @contextmanager
+    def _separate_reference(self):
+        self._reference_active = True
+        try:
+            yield
+        finally:
+            self._reference_active = False
+
+    # ------------------------------------------------------------ API for DataModule and callbacks
+    def preprocess_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 images at native size -> normalised model input on this module's device."""
+        self.preprocessor.to(self.device)
+        return self.preprocessor([image.to(self.device) for image in images])
+
