@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -97,8 +98,12 @@ def run_job(job: Job, world: Path) -> Job:
     """Train (unless the job is the base) and evaluate; results cached in ``job.out``."""
     scores = job.out / f"scores-{job.split}.json"
     if scores.is_file():
-        job.metrics = json.loads(scores.read_text())["metrics"]
-        return job
+        cached = json.loads(scores.read_text())
+        if cached["args"] == job.args and cached.get("config", job.config) == job.config:
+            job.metrics = cached["metrics"]
+            return job
+        # the folder holds a run with other settings (e.g. a new selection): redo it
+        shutil.rmtree(job.out)
     job.out.mkdir(parents=True, exist_ok=True)
     adapter = None
     if job.config:
@@ -123,7 +128,8 @@ def run_job(job: Job, world: Path) -> Job:
         subprocess.run(cmd, check=True, cwd=REPO, env=thread_env(), stdout=log, stderr=log)
     record = json.loads((job.out / f"eval-{job.split}" / "scores.json").read_text())
     job.metrics = {k: float(v) for k, v in record["metrics"].items()}
-    scores.write_text(json.dumps({"metrics": job.metrics, "args": job.args}, indent=2) + "\n")
+    record = {"metrics": job.metrics, "args": job.args, "config": job.config}
+    scores.write_text(json.dumps(record, indent=2) + "\n")
     return job
 
 
@@ -211,7 +217,8 @@ def audit(out: Path, world: Path, workers: int) -> dict:
         folder = out / "audit" / name.split(" ", 1)[1].replace(" ", "-")
         folder.mkdir(parents=True, exist_ok=True)
         pairs = folder / "pairs.jsonl"
-        if not (folder / "pairs.jsonl.done").is_file():
+        # the summary is written once predict has finished (.done grows batch by batch)
+        if not (folder / "pairs.jsonl.summary.json").is_file():
             cmd = [sys.executable, "-m", "lightning_aug_dpo", "predict",
                    "--config", str(REPO / SEVA),
                    "--config", str(REPO / "configs/toy/audit_pairs.yaml"),

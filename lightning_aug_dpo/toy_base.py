@@ -81,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in prepare(args.work).items():
             print(f"{name}: {path}")
         return 0
-    if args.check:
+    if args.check:  # from nothing: a fresh work folder too
         with tempfile.TemporaryDirectory() as tmp:
-            built = build(args.work, Path(tmp) / "base")
-            got, want = file_sha256(built / "model.safetensors"), SHA256
+            built = build(Path(tmp) / "work", Path(tmp) / "base")
+            got = file_sha256(built / "model.safetensors")
     else:
         built = build(args.work, args.out)
-        got = want = file_sha256(built / "model.safetensors")
-    print(f"model.safetensors sha256 {got} ({'matches' if got == want else f'expected {want}'})")
-    return 0 if got == want else 1
+        got = file_sha256(built / "model.safetensors")
+    same = got == SHA256
+    verdict = "matches the recorded build" if same else f"differs from the recorded {SHA256}"
+    print(f"model.safetensors sha256 {got} ({verdict})")
+    return 0 if same or not args.check else 1
 
 
 if __name__ == "__main__":

@@ -119,3 +119,32 @@ def test_experiment_aggregates_mean_and_population_std() -> None:
     metrics = {k: 0.5 for k in experiment.HEADLINE}
     table = experiment.format_rows({"base": [metrics], "seva": [metrics, metrics]})
     assert "| base | 1 | 50.0 |" in table and "| seva | 2 | 50.0 ± 0.0 |" in table
+
+
+def test_negated_mentions_name_nothing_and_counts_above_three_parse() -> None:
+    from lightning_aug_dpo.eval.toy_world import parse_count, parse_mentions
+
+    text = "No, there is no small blue square here. There is a large red circle on the left."
+    assert [m.name for m in parse_mentions(text)] == ["red circle"]
+    assert parse_mentions("There is not a red circle.") == []
+    assert parse_count("There are four shapes.") == 4 and parse_count("two shapes") == 2
+
+
+class _Raises:
+    def __getattr__(self, name):
+        raise AssertionError(f"the model was used ({name}) on a resumed run")
+
+
+def test_before_is_kept_across_a_resume_and_never_rescored(world: Path) -> None:
+    from types import SimpleNamespace
+
+    cb = ToyWorldCallback(split_dir=str(world / "test"), before=True)
+    cb.before_metrics = {"toy/chair_i": 0.25}
+    again = ToyWorldCallback(split_dir=str(world / "test"), before=True)
+    again.load_state_dict(cb.state_dict())
+    assert again.before_metrics == {"toy/chair_i": 0.25}
+    resumed = ToyWorldCallback(split_dir=str(world / "test"), before=True)
+    resumed.on_train_start(SimpleNamespace(global_step=5), _Raises())  # checkpoint without them
+    assert resumed.before_metrics is None
+    trainer = SimpleNamespace(current_epoch=1, max_epochs=10, max_steps=20, global_step=20)
+    assert ToyWorldCallback._last(trainer)  # max_steps ends the run before max_epochs

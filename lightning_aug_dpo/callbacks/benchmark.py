@@ -93,12 +93,17 @@ class BenchmarkCallback(Callback, ABC):
             self._bench = self.load()
         return self._bench
 
-    def _due(self, trainer: pl.Trainer) -> bool:
+    @staticmethod
+    def _last(trainer: pl.Trainer) -> bool:
+        """Whether this training epoch is the run's last (by ``max_epochs`` or ``max_steps``)."""
         epoch = trainer.current_epoch + 1
         max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
         last_epoch = max_epochs is not None and max_epochs > 0 and epoch >= max_epochs
         last_step = max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps
-        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
+        return last_epoch or last_step
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._last(trainer)
 
     def _attach_cache(self, root: Path) -> None:
         # Only model judges have a cache; respect one configured by the user.

@@ -90,9 +90,19 @@ class ToyWorldCallback(BenchmarkCallback):
     def finish(self, bench: ToyBenchmark, answers: Any, out: Path) -> dict[str, Any]:
         return finish_toy(bench, answers, out, {"model": "policy", "split": str(self.data_dir)})
 
+    def state_dict(self) -> dict[str, Any]:
+        # a resumed run keeps the starting model's scores (its model has trained since)
+        return {"before_metrics": self.before_metrics}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before_metrics = state_dict.get("before_metrics")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The starting model on the same questions (LoRA adapters are still the identity)."""
         if not self.before or self.before_metrics is not None:
+            return
+        if trainer.global_step > 0:  # resumed from a checkpoint saved without them
+            rank_zero_info("toy world: resumed run, the starting model cannot be scored again")
             return
         answers = self.answer(trainer, pl_module)
         metrics: dict[str, float] = {}
@@ -104,7 +114,7 @@ class ToyWorldCallback(BenchmarkCallback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        last = self._last(trainer)
         if self.before_metrics and last and self.last_record and trainer.is_global_zero:
             rows = {"before": self.before_metrics, "after": self.last_record["metrics"]}
             table = format_toy_table(rows)

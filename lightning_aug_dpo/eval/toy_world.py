@@ -1,8 +1,8 @@
 """Exact, judge-free scoring of toy-world answers against their scene records.
 
 A description names objects as ``[size] colour shape [position]`` (``a large red circle on the
-left``); :func:`parse_mentions` finds every such mention and :func:`parse_count` the stated
-number of shapes. Per answer, with the scene's objects ``O`` and the distinct mentioned kinds
+left``); :func:`parse_mentions` finds every such mention (a negated one, ``there is no red
+circle``, names nothing) and :func:`parse_count` the stated number of shapes. Per answer, with the scene's objects ``O`` and the distinct mentioned kinds
 ``M`` (colour + shape)::
 
     hallucinated = M - kinds(O)                  CHAIR_i = sum |hallucinated| / sum |M|
@@ -32,7 +32,10 @@ _MENTION = re.compile(
     r"\b(?:(small|large)\s+)?(" + "|".join(TOY_COLORS) + r")\s+(" + "|".join(TOY_SHAPES)
     + r")s?\b(?:\s+(" + "|".join(re.escape(c) for c in COLUMNS) + r"))?"
 )
-_COUNT = re.compile(r"\b(" + "|".join(NUMBERS) + r"|\d+)\s+shapes?\b")
+# every number word a model might say (the world itself has 1-3 objects)
+_NUMBER_WORDS = (*NUMBERS, "four", "five", "six", "seven", "eight", "nine", "ten")
+_COUNT = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+shapes?\b")
+_NEGATED = re.compile(r"\b(?:no|not)\s+(?:an?\s+)?$")
 DESCRIPTION_METRICS = (
     "chair_i", "chair_s", "coverage", "colour_errors", "size_errors", "position_errors",
     "count_errors", "mentions_per_answer", "words_per_answer",
@@ -52,9 +55,13 @@ class Mention:
 
 
 def parse_mentions(text: str) -> list[Mention]:
-    """Every ``[size] colour shape [position]`` mention, in order (case-insensitive)."""
-    out = []
-    for size, color, kind, where in _MENTION.findall(text.lower()):
+    """Every ``[size] colour shape [position]`` mention, in order (case-insensitive); a negated
+    one (``there is no red circle``) names nothing."""
+    out, lower = [], text.lower()
+    for match in _MENTION.finditer(lower):
+        if _NEGATED.search(lower[max(0, match.start() - 8) : match.start()]):
+            continue
+        size, color, kind, where = match.groups()
         out.append(Mention(color, kind, size or None, COLUMNS.index(where) if where else None))
     return out
 
@@ -65,7 +72,7 @@ def parse_count(text: str) -> int | None:
     if match is None:
         return None
     word = match.group(1)
-    return int(word) if word.isdigit() else NUMBERS.index(word)
+    return int(word) if word.isdigit() else _NUMBER_WORDS.index(word)
 
 
 def score_answer(answer: str, scene: ToyScene) -> dict[str, Any]:
