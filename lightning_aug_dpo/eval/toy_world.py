@@ -2,8 +2,8 @@
 
 A description names objects as ``[size] colour shape [position]`` (``a large red circle on the
 left``); :func:`parse_mentions` finds every such mention (a negated one, ``there is no red
-circle``, names nothing) and :func:`parse_count` the stated number of shapes. Per answer, with the scene's objects ``O`` and the distinct mentioned kinds
-``M`` (colour + shape)::
+circle``, names nothing) and :func:`parse_count` the stated number of shapes. Per answer,
+with the scene's objects ``O`` and the distinct mentioned kinds ``M`` (colour + shape)::
 
     hallucinated = M - kinds(O)                  CHAIR_i = sum |hallucinated| / sum |M|
     CHAIR_s = share of answers with a hallucinated kind
