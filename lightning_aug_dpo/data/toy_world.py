@@ -31,7 +31,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lightning_aug_dpo.data.synthetic import Scene, Shape, conversation, render_scene
+from lightning_aug_dpo.data.scenes import Scene, Shape, render_scene
+from lightning_aug_dpo.data.synthetic import conversation
 
 IMAGE_SIZE = 64
 TOY_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
