@@ -130,4 +130,3 @@ class DPOStepMixin:
             rejected_lengths,
         )
         return out.loss, values
-

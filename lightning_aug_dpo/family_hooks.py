@@ -149,4 +149,3 @@ class FamilyHooks:
             logits_to_keep=logits_to_keep,
             **self.vision_inputs(pixel_values, input_ids),
         ).logits
-

@@ -156,4 +156,3 @@ class ModelSetupMixin:
         """uint8 images at native size -> normalised model input on this module's device."""
         self.preprocessor.to(self.device)
         return self.preprocessor([image.to(self.device) for image in images])
-

@@ -9,6 +9,44 @@ import lightning.pytorch as pl
 log = logging.getLogger("lightning_aug_dpo.data.datamodule")
 
 
+class BadImageTracker:
+    """A DataModule's images skipped by its workers (``on_bad_image: skip``): each file warned
+    about once per run (on the DataModule's own logger), all of them listed once per epoch by
+    :class:`BadImageSummary`, which :meth:`attach_bad_image_summary` adds to the trainer."""
+
+    # set by the DataModule's __init__
+    bad_images: dict[str, str]  # path -> reason, skipped since the last summary
+    _warned_images: set[str]  # each bad file is warned about once per run
+
+    def _record_bad_images(self, skipped: list[tuple[str, str]]) -> int:
+        """Remember this batch's skipped images for the epoch summary; warn once per file."""
+        for path, reason in skipped:
+            self.bad_images[path] = reason
+            if path not in self._warned_images:
+                self._warned_images.add(path)
+                logging.getLogger(type(self).__module__).warning(
+                    "skipping unreadable image %s (%s)", path, reason
+                )
+        return len(skipped)
+
+    def bad_image_summary(self) -> str | None:
+        """One line listing the images skipped since the last call (then forgets them);
+        ``None`` if there were none."""
+        if not self.bad_images:
+            return None
+        bad, self.bad_images = sorted(self.bad_images.items()), {}
+        listed = ", ".join(f"{path} ({reason})" for path, reason in bad)
+        return f"skipped {len(bad)} unreadable images this epoch: {listed}"
+
+    def attach_bad_image_summary(self) -> None:
+        """Add a :class:`BadImageSummary` to the trainer so each epoch ends with a summary
+        (a DataModule gets no epoch hooks of its own)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or any(isinstance(c, BadImageSummary) for c in trainer.callbacks):
+            return
+        trainer.callbacks.append(BadImageSummary())
+
+
 class BadImageSummary(pl.Callback):
     """Logs the datamodule's ``bad_image_summary()`` at the end of each epoch.
 

@@ -43,7 +43,7 @@ from lightning_aug_dpo.augment import (
     KorniaAugmentation,
     Preset,
 )
-from lightning_aug_dpo.callbacks.bad_images import BadImageSummary
+from lightning_aug_dpo.callbacks.bad_images import BadImageSummary, BadImageTracker
 from lightning_aug_dpo.data.filters import IdenticalFilter, PairFilter
 from lightning_aug_dpo.data.images import DEFAULT_MAX_PIXELS
 from lightning_aug_dpo.data.pair_making import PairMakingMixin, sample_seed
@@ -64,8 +64,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AugPairDataModule", "BadImageSummary", "as_augmentation", "sample_seed"]
 
 
-
-class AugPairDataModule(PairMakingMixin, pl.LightningDataModule):
+class AugPairDataModule(PairMakingMixin, BadImageTracker, pl.LightningDataModule):
     """Prompts -> device augmentation -> policy/reference rollouts -> ``PreferenceBatch``.
 
     Args:
@@ -163,7 +162,7 @@ class AugPairDataModule(PairMakingMixin, pl.LightningDataModule):
 
     # ------------------------------------------------------------------ prompts and loaders
     def setup(self, stage: str) -> None:
-        self._attach_summary()
+        self.attach_bad_image_summary()
         if self.train_prompts:
             return
         path = self.hparams.pairs_path or self.hparams.data_path
@@ -176,9 +175,7 @@ class AugPairDataModule(PairMakingMixin, pl.LightningDataModule):
             self.skipped_text_only = prompts.skipped_text_only
         if not self.hparams.allow_outside_paths:
             hp = self.hparams
-            rows = refuse_outside_paths(
-                rows, path, hp.image_folder, hp.on_bad_image, self.bad_rows
-            )
+            rows = refuse_outside_paths(rows, path, hp.image_folder, hp.on_bad_image, self.bad_rows)
         if self.bad_rows:
             listed = "; ".join(f"{n}: {reason}" for n, reason in self.bad_rows)
             unit = "lines" if str(path).endswith(".jsonl") else "rows"
@@ -262,7 +259,6 @@ class AugPairDataModule(PairMakingMixin, pl.LightningDataModule):
             collate_fn=collate_pairs if self.hparams.pairs_path else collate_prompts,
         )
 
-
     # ------------------------------------------------------------------ bad images
     def _empty_pairs(self, module: Any, adapt: bool, skipped: int) -> PreferenceBatch:
         """No image of the batch was readable: no rollouts, an empty batch (no optimizer step)."""
@@ -278,32 +274,6 @@ class AugPairDataModule(PairMakingMixin, pl.LightningDataModule):
             meta=self._meta(stats, [], self._strength(), skipped),
             **module.tokenize_pairs([], [], []),
         )
-
-    def _record_bad_images(self, skipped: list[tuple[str, str]]) -> int:
-        """Remember this batch's skipped images for the epoch summary; warn once per file."""
-        for path, reason in skipped:
-            self.bad_images[path] = reason
-            if path not in self._warned_images:
-                self._warned_images.add(path)
-                log.warning("skipping unreadable image %s (%s)", path, reason)
-        return len(skipped)
-
-    def bad_image_summary(self) -> str | None:
-        """One line listing the images skipped since the last call (then forgets them);
-        ``None`` if there were none."""
-        if not self.bad_images:
-            return None
-        bad, self.bad_images = sorted(self.bad_images.items()), {}
-        listed = ", ".join(f"{path} ({reason})" for path, reason in bad)
-        return f"skipped {len(bad)} unreadable images this epoch: {listed}"
-
-    def _attach_summary(self) -> None:
-        """Add a :class:`BadImageSummary` to the trainer so each epoch ends with a summary
-        (a DataModule gets no epoch hooks of its own)."""
-        trainer = self.trainer
-        if trainer is None or any(isinstance(c, BadImageSummary) for c in trainer.callbacks):
-            return
-        trainer.callbacks.append(BadImageSummary())
 
     # ------------------------------------------------------------------ strength control
     def _strength(self) -> float | None:

@@ -236,4 +236,3 @@ class PairMakingMixin:
             "bad_images": skipped,
             "prompt_ids": list(prompt_ids or []),
         }
-

@@ -60,7 +60,6 @@ class Scene:
         return sum(s.kind == kind for s in self.shapes)
 
 
-
 @lru_cache(maxsize=1)
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # The bitmap font renders identically everywhere (no FreeType version dependence);

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_aug_dpo.callbacks.bad_images import BadImageSummary
+from lightning_aug_dpo.callbacks.bad_images import BadImageTracker
 from lightning_aug_dpo.data.images import DEFAULT_MAX_PIXELS
 from lightning_aug_dpo.data.prompts import (
     IMAGE_PLACEHOLDER,
@@ -157,7 +157,7 @@ def collate_conversations(
     )
 
 
-class SFTDataModule(pl.LightningDataModule):
+class SFTDataModule(BadImageTracker, pl.LightningDataModule):
     """LLaVA-665k-format conversations -> device preprocessing + tokenisation -> ``SFTBatch``.
 
     Args:
@@ -213,11 +213,7 @@ class SFTDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ rows and loaders
     def setup(self, stage: str) -> None:
-        trainer = self.trainer
-        if trainer is not None and not any(
-            isinstance(c, BadImageSummary) for c in trainer.callbacks
-        ):
-            trainer.callbacks.append(BadImageSummary())
+        self.attach_bad_image_summary()
         if self.train_rows:
             return
         hp = self.hparams
@@ -326,24 +322,7 @@ class SFTDataModule(pl.LightningDataModule):
             **{k: v.index_select(0, index.to(v.device)) for k, v in tokens.items()},
         )
 
-    # ------------------------------------------------------------------ bad images
-    def _record_bad_images(self, skipped: list[tuple[str, str]]) -> int:
-        for path, reason in skipped:
-            self.bad_images[path] = reason
-            if path not in self._warned_images:
-                self._warned_images.add(path)
-                log.warning("skipping unreadable image %s (%s)", path, reason)
-        return len(skipped)
-
-    def bad_image_summary(self) -> str | None:
-        """One line listing the images skipped since the last call (``BadImageSummary``)."""
-        if not self.bad_images:
-            return None
-        bad, self.bad_images = sorted(self.bad_images.items()), {}
-        listed = ", ".join(f"{path} ({reason})" for path, reason in bad)
-        return f"skipped {len(bad)} unreadable images this epoch: {listed}"
-
-    # ------------------------------------------------------------------ resuming
+    # ------------------------------------------------------------------ resume state
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in its epoch, so a resumed run continues after it."""
         trainer = self.trainer

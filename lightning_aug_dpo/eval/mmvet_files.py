@@ -24,7 +24,6 @@ class GradeLike(Protocol):
     model: str
 
 
-
 def read_answers(path: str | Path) -> dict[str, str]:
     """Read model answers in the official MM-Vet results format ``{id: answer text}``."""
     path = Path(path)
