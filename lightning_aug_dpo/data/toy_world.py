@@ -31,6 +31,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lightning_aug_dpo.atomic import write_lines
 from lightning_aug_dpo.data.scenes import Scene, Shape, render_scene
 from lightning_aug_dpo.data.synthetic import conversation
 
@@ -277,11 +278,6 @@ def pope_probes(
     return out
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 def _write_images(root: Path, images: list[ToyImage]) -> None:
     for item in images:
         path = root / item.image
@@ -325,7 +321,7 @@ def write_toy_world(
             rows = [{"image": item.image, "text": _pool_question(item.scene, rng)}
                     for item in images]
             paths["pool"] = out / "pool.jsonl"
-            _write_jsonl(paths["pool"], rows)
+            write_lines(paths["pool"], map(json.dumps, rows))
         else:
             rows = [
                 {"question_id": item.id, "image": item.image,
@@ -333,10 +329,11 @@ def write_toy_world(
                 for item in images
             ]
             paths[split] = out / split
-            _write_jsonl(out / split / "descriptions.jsonl", rows)
+            write_lines(out / split / "descriptions.jsonl", map(json.dumps, rows))
             probes = pope_probes(images, freq, pairs, SPLIT_SEEDS[split] + 11)
             for name, probe_rows in probes.items():
-                _write_jsonl(out / split / "pope" / f"coco_pope_{name}.json", probe_rows)
+                probe_file = out / split / "pope" / f"coco_pope_{name}.json"
+                write_lines(probe_file, map(json.dumps, probe_rows))
     (out / "scenes.json").write_text(json.dumps(scenes) + "\n", encoding="utf-8")
     world = {"sizes": {s: sizes[s] for s in splits}, "seeds": SPLIT_SEEDS,
              "prior_strength": PRIOR_STRENGTH, "anchor_rate": ANCHOR_RATE,
