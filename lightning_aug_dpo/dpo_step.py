@@ -99,6 +99,14 @@ class DPOStepMixin:
         features: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(R, K)`` log-probs and mean logits of K answers per row, packed after its prompt."""
+        text_config = self.active_model.config.get_text_config()
+        attention = getattr(text_config, "_attn_implementation", None) or ""
+        if "flash" in attention:  # flash kernels take no (B, 1, L, L) mask: answers would mix
+            raise ValueError(
+                f"share_prompt needs an attention that takes a 4-D mask (sdpa, eager, flex); "
+                f"this model uses {attention!r}. Set model.share_prompt: false, or load it "
+                "with attn_implementation='sdpa'"
+            )
         packed = pack_shared_prompt(prompt_ids, prompt_mask, slots, self.tokenizer.pad_token_id)
         positions = self.position_ids(packed.input_ids, packed.attention_mask, images)
         logits = self.forward_logits(

@@ -172,3 +172,11 @@ def test_separate_reference_with_shared_prompt(make_module, make_qwen, tmp_path,
     perturb(shared, seed=2)
     perturb(plain, seed=2)
     assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
+
+
+def test_flash_attention_is_refused_with_a_fix(make_module) -> None:
+    module = make_module()
+    # as from_pretrained(attn_implementation=...) records it (no flash kernel is installed here)
+    module.model.config.get_text_config()._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(ValueError, match="share_prompt: false"):
+        module.preference_step(batch_for(module))
