@@ -51,17 +51,18 @@ def test_dpo_step_benchmark_sides_agree_and_count_tokens(
         torch.set_num_threads(threads)
 
     report = json.loads(out.read_text())
-    plain = script.accepts_share_prompt()  # TODO: always, once share_prompt is merged
-    sides = ["ours", "ours_plain", "trl"] if plain else ["ours", "trl"]
+    assert script.accepts_share_prompt()
+    sides = ["ours", "ours_plain", "trl"]
     assert report["settings"]["sides"] == sides and list(report["results"]) == sides
     ratios = ["speedup_vs_trl", "memory_ratio_vs_trl", "loss_max_abs_diff"]
-    for key in ratios + (["speedup_vs_plain", "memory_ratio_vs_plain"] if plain else []):
+    for key in [*ratios, "speedup_vs_plain", "memory_ratio_vs_plain"]:
         assert isinstance(report[key], float) and math.isfinite(report[key]), key
     assert report["speedup_vs_trl"] > 0 and report["memory_ratio_vs_trl"] > 0
     assert report["settings"]["module_args"] == {"lora_r": 4, "lora_alpha": 8}
     assert report["settings"]["plain_module_args"] == {**report["settings"]["module_args"],
                                                        "share_prompt": False}  # fmt: skip
     assert report["settings"]["module_hparams"]["lora_r"] == 4
+    assert report["settings"]["module_hparams"]["share_prompt"] is True  # ours: the default
     assert report["machine"]["trl"] and report["settings"]["device"] == "cpu"
     for side in sides:
         result = report["results"][side]
@@ -88,7 +89,7 @@ def test_dpo_step_benchmark_sides_agree_and_count_tokens(
     assert shape["ideal_tokens_per_pair"] == prompt + 2 * answer
     one_row_per_answer = 2 * (prompt + answer)  # TRL and the plain path
     expected = {"trl": one_row_per_answer, "ours_plain": one_row_per_answer}
-    expected["ours"] = prompt + 2 * answer if plain else one_row_per_answer
+    expected["ours"] = prompt + 2 * answer  # share_prompt: the prompt once, both answers
     for side in sides:
         result = report["results"][side]
         assert result["policy_tokens_per_pair"] == expected[side], side
@@ -119,7 +120,7 @@ def test_dpo_step_benchmark_sides_agree_and_count_tokens(
     assert flops["lm_head"] == 2 * 64 * 512
     table = capsys.readouterr().out
     assert "| this module |" in table and "| TRL DPOTrainer |" in table
-    assert ("| this module, share_prompt=false |" in table) == plain
+    assert "| this module, share_prompt=false |" in table
 
 
 def test_body_heavy_shape_costs_its_body_over_20x_its_lm_head() -> None:
