@@ -41,8 +41,10 @@ from lightning_aug_dpo.losses import (
 )
 from lightning_aug_dpo.models import (
     LlavaDPOModule,
+    LlavaNextDPOModule,
     Qwen2VLDPOModule,
     write_tiny_llava,
+    write_tiny_llava_next,
     write_tiny_qwen2_vl,
 )
 from lightning_aug_dpo.module import AugDPOModule
@@ -75,6 +77,7 @@ __all__ = [
     "KorniaAugmentation",
     "LLaVABenchCallback",
     "LlavaDPOModule",
+    "LlavaNextDPOModule",
     "MMVetCallback",
     "POPECallback",
     "PairGalleryCallback",
@@ -97,5 +100,6 @@ __all__ = [
     "WarmupCosineSchedule",
     "replay",
     "write_tiny_llava",
+    "write_tiny_llava_next",
     "write_tiny_qwen2_vl",
 ]
