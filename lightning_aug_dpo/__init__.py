@@ -40,9 +40,11 @@ from lightning_aug_dpo.losses import (
     SimPOLoss,
 )
 from lightning_aug_dpo.models import (
+    InternVLDPOModule,
     LlavaDPOModule,
     LlavaNextDPOModule,
     Qwen2VLDPOModule,
+    write_tiny_internvl,
     write_tiny_llava,
     write_tiny_llava_next,
     write_tiny_qwen2_vl,
@@ -74,6 +76,7 @@ __all__ = [
     "IPOLoss",
     "Identity",
     "ImagePreprocessor",
+    "InternVLDPOModule",
     "KorniaAugmentation",
     "LLaVABenchCallback",
     "LlavaDPOModule",
@@ -99,6 +102,7 @@ __all__ = [
     "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
+    "write_tiny_internvl",
     "write_tiny_llava",
     "write_tiny_llava_next",
     "write_tiny_qwen2_vl",
