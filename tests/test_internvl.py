@@ -527,3 +527,45 @@ def test_cli_predict_then_fit_by_class_path(tiny_internvl_dir: Path, tmp_path: P
         (Path(cli.trainer.log_dir) / "adapter" / "adapter_config.json").read_text()
     )
     assert adapter["target_modules"].startswith(r"model\.language_model\.")
+
+
+def test_single_turn_sft_is_the_dpo_paths_tokens(make_next) -> None:
+    module = make_next()
+    question, answer = QUESTIONS[0], CHOSEN[0]
+    ids, trained = module.conversation_tokens([("user", question), ("assistant", answer)])
+    out = module.tokenize_pairs([question], [answer], ["No."])
+    prompt = out["prompt_input_ids"][0][out["prompt_attention_mask"][0].bool()].tolist()
+    chosen = out["chosen_input_ids"][0][out["chosen_attention_mask"][0].bool()].tolist()
+    assert ids == prompt + chosen
+    assert trained == [False] * len(prompt) + [True] * len(chosen)
+
+
+def test_cli_fits_the_sft_demo_config_by_class_path(
+    demo_assets, tiny_internvl_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    (tmp_path / "demo_assets").symlink_to(demo_assets["model"].parent)
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs" / "sft_demo.yaml"),
+            "--model.class_path=lightning_aug_dpo.InternVLDPOModule",
+            f"--model.init_args.model_name_or_path={tiny_internvl_dir}",
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.num_samples=8",
+            "--data.init_args.num_val_samples=4",
+            "--data.init_args.batch_size=4",
+        ]
+    )
+    assert isinstance(cli.model, InternVLDPOModule)
+    run = Path(cli.trainer.log_dir).resolve()
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [r for r in rows if r.get("train/loss")]
+    assert len(steps) == 2 and all(float(r["train/tokens"]) > 0 for r in steps)
+    assert [r for r in rows if r.get("val/loss")], "validation did not run"
+    merged = InternVLForConditionalGeneration.from_pretrained(run / "merged")
+    assert merged.config.image_token_id == cli.model.image_token_id()
