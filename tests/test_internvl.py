@@ -569,3 +569,15 @@ def test_cli_fits_the_sft_demo_config_by_class_path(
     assert [r for r in rows if r.get("val/loss")], "validation did not run"
     merged = InternVLForConditionalGeneration.from_pretrained(run / "merged")
     assert merged.config.image_token_id == cli.model.image_token_id()
+
+
+def test_hub_checkpoints_get_256_tokens_per_image() -> None:
+    """The documented layout of InternVL3 -hf (InternVLConfig's defaults are its values: 448 px
+    tiles of 14 px patches, pixel shuffle 0.5)."""
+    from transformers import InternVLConfig
+
+    module = InternVLDPOModule(model_name_or_path="unused")
+    module.model_config = InternVLConfig()
+    assert module.tile_side == 448
+    assert module.num_image_tokens() == (448 // 14 // 2) ** 2 == 256
+    assert module.model_config.image_seq_length == 256  # what InternVLProcessor expands to

@@ -523,3 +523,21 @@ def test_cli_fits_the_sft_demo_config_by_class_path(
     assert [r for r in rows if r.get("val/loss")], "validation did not run"
     merged = LlavaNextForConditionalGeneration.from_pretrained(run / "merged")
     assert merged.config.image_token_id == cli.model.image_token_id()
+
+
+def test_hub_checkpoints_get_576_plus_600_tokens() -> None:
+    """The documented layout of llava-v1.6 (LlavaNextConfig's defaults are its values: CLIP
+    ViT-L/14 at 336 px, the hub's pinpoints), against the processor's own token formula."""
+    from transformers import LlavaNextConfig, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
+
+    module = LlavaNextDPOModule(model_name_or_path="unused")
+    module.model_config = LlavaNextConfig()
+    assert module.grid_point() == (336, 672)
+    assert module.num_image_tokens() == 576 + 24 * (24 + 1) == 1176
+    processor = object.__new__(LlavaNextProcessor)  # only its token-count formula is used
+    processor.image_processor = LlavaNextImageProcessorPil()
+    processor.patch_size, processor.num_additional_image_tokens = 14, 1
+    assert processor._get_number_of_features(336, 336, 336, 336) - 1 == 1176  # CLS dropped
