@@ -40,8 +40,10 @@ from lightning_aug_dpo.losses import (
     SimPOLoss,
 )
 from lightning_aug_dpo.models import (
+    Gemma3DPOModule,
     LlavaDPOModule,
     Qwen2VLDPOModule,
+    write_tiny_gemma3,
     write_tiny_llava,
     write_tiny_qwen2_vl,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "ConditionalPreferenceLoss",
     "ConversationBatch",
     "DiffusionNoise",
+    "Gemma3DPOModule",
     "HingeLoss",
     "IPOLoss",
     "Identity",
@@ -96,6 +99,7 @@ __all__ = [
     "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
+    "write_tiny_gemma3",
     "write_tiny_llava",
     "write_tiny_qwen2_vl",
 ]
