@@ -43,9 +43,11 @@ from lightning_aug_dpo.models import (
     Gemma3DPOModule,
     LlavaDPOModule,
     Qwen2VLDPOModule,
+    SmolVLMDPOModule,
     write_tiny_gemma3,
     write_tiny_llava,
     write_tiny_qwen2_vl,
+    write_tiny_smolvlm,
 )
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
@@ -96,10 +98,12 @@ __all__ = [
     "SFTLoss",
     "SigmoidDPOLoss",
     "SimPOLoss",
+    "SmolVLMDPOModule",
     "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
     "write_tiny_gemma3",
     "write_tiny_llava",
     "write_tiny_qwen2_vl",
+    "write_tiny_smolvlm",
 ]

@@ -3,18 +3,23 @@
 from lightning_aug_dpo.models.gemma3 import Gemma3DPOModule
 from lightning_aug_dpo.models.llava import LlavaDPOModule
 from lightning_aug_dpo.models.qwen2_vl import Qwen2VLDPOModule
+from lightning_aug_dpo.models.smolvlm import SmolVLMDPOModule
 from lightning_aug_dpo.models.tiny import TinyLlavaSpec, write_tiny_llava
 from lightning_aug_dpo.models.tiny_gemma3 import TinyGemma3Spec, write_tiny_gemma3
 from lightning_aug_dpo.models.tiny_qwen2_vl import TinyQwen2VLSpec, write_tiny_qwen2_vl
+from lightning_aug_dpo.models.tiny_smolvlm import TinySmolVLMSpec, write_tiny_smolvlm
 
 __all__ = [
     "Gemma3DPOModule",
     "LlavaDPOModule",
     "Qwen2VLDPOModule",
+    "SmolVLMDPOModule",
     "TinyGemma3Spec",
     "TinyLlavaSpec",
     "TinyQwen2VLSpec",
+    "TinySmolVLMSpec",
     "write_tiny_gemma3",
     "write_tiny_llava",
     "write_tiny_qwen2_vl",
+    "write_tiny_smolvlm",
 ]
