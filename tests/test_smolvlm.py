@@ -565,3 +565,22 @@ def test_cli_predict_then_fit_with_the_smolvlm_class_path(tiny_smolvlm_dir, tmp_
     assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"].startswith(r"model\.text_model\.")
+
+
+# ---------------------------------------------------------------------------- Idefics3
+def test_the_idefics3_class_trains_the_same_way(make_smolvlm, tmp_path) -> None:
+    """``Idefics3ForConditionalGeneration`` (SmolVLM v1, Idefics3-8B) has SmolVLM's modules
+    under another ``model_type``: the same module loads it, exact at step 0, and the fast path
+    (shared prompt, reused features, response logits) gives the plain path's values."""
+    path = write_tiny_smolvlm(tmp_path / "idefics3", architecture="idefics3")
+    plain = make_smolvlm(path, modules_to_save=["connector"], **PLAIN)
+    fast = make_smolvlm(path, modules_to_save=["connector"])
+    assert type(fast.model.get_base_model()).__name__ == "Idefics3ForConditionalGeneration"
+    assert fast.num_image_tokens() == 4
+    loss, _ = fast.preference_step(batch_for(fast))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    for module in (plain, fast):
+        perturb(module)
+    assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
+    lora = [n for n, _ in fast.model.named_modules() if n.endswith("lora_A")]
+    assert len(lora) == 2 * 7 and all(".text_model.layers." in n for n in lora)

@@ -20,7 +20,8 @@ Every Linear layer of the text model and the LM head has dimensions that are mul
 and 32 out, for bitsandbytes' CPU 4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_smolvlm OUT_DIR [--hidden-size 128 ...]``
-(one option per :class:`TinySmolVLMSpec` field; ``--help`` lists them).
+(one option per :class:`TinySmolVLMSpec` field; ``--help`` lists them;
+``--architecture idefics3`` writes the same model as ``Idefics3ForConditionalGeneration``).
 """
 
 from __future__ import annotations
@@ -126,17 +127,44 @@ def build_smolvlm_tokenizer(vocab_size: int) -> Any:
     return tokenizer
 
 
-def write_tiny_smolvlm(out_dir: str | Path, spec: TinySmolVLMSpec | None = None) -> Path:
+ARCHITECTURES = ("smolvlm", "idefics3")
+
+
+def _classes(architecture: str) -> tuple[Any, Any, Any, str]:
+    """Config, model and PIL image processor classes and the processor class name."""
+    if architecture == "smolvlm":
+        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+            SmolVLMImageProcessorPil,
+        )
+
+        return SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, "SmolVLM"
+    if architecture == "idefics3":
+        from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+        from transformers.models.idefics3.image_processing_pil_idefics3 import (
+            Idefics3ImageProcessorPil,
+        )
+
+        return (
+            Idefics3Config,
+            Idefics3ForConditionalGeneration,
+            Idefics3ImageProcessorPil,
+            "Idefics3",
+        )
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+
+
+def write_tiny_smolvlm(
+    out_dir: str | Path, spec: TinySmolVLMSpec | None = None, architecture: str = "smolvlm"
+) -> Path:
     """Write config, safetensors weights, tokenizer, chat template and image processor config.
 
-    The result loads with ``SmolVLMForConditionalGeneration.from_pretrained(out_dir)``,
-    ``AutoTokenizer`` and ``AutoImageProcessor`` without network access. Deterministic per spec.
+    The result loads with ``SmolVLMForConditionalGeneration.from_pretrained(out_dir)`` (or
+    ``Idefics3ForConditionalGeneration`` for ``architecture="idefics3"``: the same modules,
+    another ``model_type``), ``AutoTokenizer`` and ``AutoImageProcessor`` without network access.
+    Deterministic per spec.
     """
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import (
-        SmolVLMImageProcessorPil,
-    )
-
+    config_class, model_class, image_processor_class, name = _classes(architecture)
     spec = spec or TinySmolVLMSpec()
     patches = spec.image_size // spec.patch_size
     if spec.image_size % spec.patch_size or patches % spec.scale_factor:
@@ -172,7 +200,7 @@ def write_tiny_smolvlm(out_dir: str | Path, spec: TinySmolVLMSpec | None = None)
         image_size=spec.image_size,
         patch_size=spec.patch_size,
     )
-    config = SmolVLMConfig(
+    config = config_class(
         text_config=text_config,
         vision_config=vision_config,
         scale_factor=spec.scale_factor,
@@ -180,14 +208,14 @@ def write_tiny_smolvlm(out_dir: str | Path, spec: TinySmolVLMSpec | None = None)
         pad_token_id=ids["<|im_end|>"],
     )
     torch.manual_seed(spec.seed)
-    model = SmolVLMForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     generation = model.generation_config
     generation.pad_token_id = ids["<|im_end|>"]
     generation.bos_token_id = ids["<|im_start|>"]
     generation.eos_token_id = [ids[END_OF_UTTERANCE], ids["<|im_end|>"]]
     model.save_pretrained(out)
 
-    image_processor = SmolVLMImageProcessorPil(
+    image_processor = image_processor_class(
         size={"longest_edge": spec.image_size},
         max_image_size={"longest_edge": spec.image_size},
         do_image_splitting=False,
@@ -200,10 +228,10 @@ def write_tiny_smolvlm(out_dir: str | Path, spec: TinySmolVLMSpec | None = None)
     for name in ("preprocessor_config.json", "tokenizer_config.json"):
         path = out / name
         data = json.loads(path.read_text())
-        data["processor_class"] = "SmolVLMProcessor"
+        data["processor_class"] = f"{name}Processor"
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out / "processor_config.json").write_text(
-        json.dumps({"image_seq_len": image_seq_len, "processor_class": "SmolVLMProcessor"}) + "\n"
+        json.dumps({"image_seq_len": image_seq_len, "processor_class": f"{name}Processor"}) + "\n"
     )
     (out / "tiny_smolvlm_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
@@ -212,10 +240,12 @@ def write_tiny_smolvlm(out_dir: str | Path, spec: TinySmolVLMSpec | None = None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="smolvlm")
     add_spec_arguments(parser, TinySmolVLMSpec)
     args = parser.parse_args(argv)
-    path = write_tiny_smolvlm(args.out_dir, spec_from_args(TinySmolVLMSpec, args))
-    print(f"tiny SmolVLM2 written to {path}")
+    spec = spec_from_args(TinySmolVLMSpec, args)
+    path = write_tiny_smolvlm(args.out_dir, spec, args.architecture)
+    print(f"tiny {args.architecture} written to {path}")
     return 0
 
 
