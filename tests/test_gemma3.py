@@ -40,7 +40,7 @@ from lightning_aug_dpo.cli import cli_main
 from lightning_aug_dpo.data.synthetic import write_llava_dataset
 from lightning_aug_dpo.losses import IGNORE_INDEX
 from lightning_aug_dpo.models.tiny_gemma3 import IMAGE_TOKEN, TinyGemma3Spec, write_tiny_gemma3
-from lightning_aug_dpo.types import PromptBatch, SFTBatch
+from lightning_aug_dpo.types import PromptBatch, Sampling, SFTBatch
 from lightning_aug_dpo.validation import ConfigError
 
 QUESTIONS = ["What color is the circle?", "How many shapes are there?", "Is there a square?"]
@@ -475,6 +475,38 @@ def test_make_pairs_rolls_out_in_one_left_padded_generate(make_gemma, monkeypatc
     assert [r["chosen"] for r in rows] == module.generate(clean, QUESTIONS, 6)
     loss, _ = module.preference_step(batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+
+
+def test_reference_logps_from_the_rollout_equal_a_reference_forward(make_gemma) -> None:
+    """``reuse_rollout_reference_logps``: the reference rollout's own logits (left-padded
+    generate, KV cache) score the chosen answers as a reference forward does."""
+    module = make_gemma(reuse_rollout_reference_logps=True)
+    dm = AugPairDataModule(
+        data_path="unused.json",
+        max_new_tokens=6,
+        augmentation=DiffusionNoise(noise_step=900),
+        drop_identical=False,
+    )
+    batch = dm.make_pairs(prompt_batch(3), module)
+    assert batch.reference_chosen_logps is not None and len(batch) == 3
+    with torch.no_grad(), module.reference_context():
+        forward = module.sequence_logps(batch)["chosen"]
+    torch.testing.assert_close(batch.reference_chosen_logps, forward, atol=1e-4, rtol=1e-5)
+    perturb(module)
+    reused = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
+    batch.reference_chosen_logps = None
+    computed = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
+    for key in computed:
+        torch.testing.assert_close(reused[key], computed[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
+def test_sampled_rollouts_give_num_samples_answers_per_image(make_gemma) -> None:
+    module = make_gemma()
+    pixels = module.preprocess_images(random_images(2))
+    torch.manual_seed(0)
+    sampling = Sampling(do_sample=True, temperature=1.0, num_samples=2)
+    rollouts = module.rollout(pixels, QUESTIONS[:2], max_new_tokens=5, sampling=sampling)
+    assert len(rollouts) == 4 and all(0 < r.num_tokens <= 5 for r in rollouts)
 
 
 # ---------------------------------------------------------------------------- config checks
