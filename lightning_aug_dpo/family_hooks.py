@@ -155,9 +155,10 @@ class FamilyHooks:
         as in its plain row). It must let every token see what it sees in its plain row.
 
         Default: :meth:`PackedRows.attention_bias`, the causal block mask ``(R, 1, L, L)``.
-        Override where the model's own mask is not causal over plain rows, since transformers
-        uses a 4-D mask as given: bidirectional image tokens (Gemma 3), sliding windows (then
-        a dict ``{layer_type: mask}``, which transformers' hybrid models accept as well).
+        Override where the model's own mask over a plain row is not causal, since
+        transformers uses a 4-D mask as given: image tokens that attend to each other
+        bidirectionally, sliding-window layers (then return ``{layer_type: mask}``, the mask
+        mapping transformers' hybrid models accept in place of one mask).
         """
         return packed.attention_bias(self.compute_dtype)
 

@@ -264,7 +264,8 @@ class Gemma3DPOModule(AugDPOModule):
         blocks = image_blocks(packed.input_ids == self.image_token_id())
         allowed |= (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
         text_config = self.model_config.get_text_config()
-        distance = position_ids[:, :, None] - position_ids[:, None, :]
+        positions = position_ids.int()  # (R, L, L) differences: int32 halves the memory
+        distance = positions[:, :, None] - positions[:, None, :]
         rules = {"full_attention": allowed}
         if text_config.sliding_window is not None:
             rules["sliding_attention"] = allowed & (distance < text_config.sliding_window)
