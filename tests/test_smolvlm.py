@@ -83,31 +83,26 @@ def base_model(tiny_smolvlm_dir: Path) -> nn.Module:
 
 
 def official_processor(path: Path):
-    """SmolVLM's own processor. ``AutoProcessor`` needs torchvision (its video processor) and
-    ``num2words``; without them, the same class over the checkpoint's tokenizer and image
-    processor: only ``__init__`` wants the video half, ``__call__`` on images does not."""
+    """SmolVLM's own processor class over the checkpoint's tokenizer and image processor.
+
+    ``AutoProcessor`` would also build a video processor (torchvision) and needs ``num2words``;
+    only ``__init__`` wants those, ``__call__`` on images does not touch them, so the processor
+    is assembled without running ``__init__`` (its attributes set as ``__init__`` sets them).
+    """
     from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
-    try:
-        import num2words  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError:
-        processor = object.__new__(SmolVLMProcessor)
-        tok = processor.tokenizer = AutoTokenizer.from_pretrained(path)
-        processor.image_processor = AutoImageProcessor.from_pretrained(path)
-        processor.video_processor = None
-        processor.chat_template = tok.chat_template
-        processor.fake_image_token, processor.image_token = tok.fake_image_token, tok.image_token
-        processor.image_token_id = tok.convert_tokens_to_ids(tok.image_token)
-        processor.end_of_utterance_token = tok.end_of_utterance_token
-        processor.global_image_token, processor.video_token = tok.global_image_token, "<video>"
-        processor.image_seq_len = json.loads((path / "processor_config.json").read_text())[
-            "image_seq_len"
-        ]
-        return processor
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(path)
+    processor = object.__new__(SmolVLMProcessor)
+    tok = processor.tokenizer = AutoTokenizer.from_pretrained(path)
+    processor.image_processor = AutoImageProcessor.from_pretrained(path)
+    processor.video_processor = None
+    processor.chat_template = tok.chat_template
+    processor.fake_image_token, processor.image_token = tok.fake_image_token, tok.image_token
+    processor.image_token_id = tok.convert_tokens_to_ids(tok.image_token)
+    processor.end_of_utterance_token = tok.end_of_utterance_token
+    processor.global_image_token, processor.video_token = tok.global_image_token, "<video>"
+    config = json.loads((path / "processor_config.json").read_text())
+    processor.image_seq_len = config["image_seq_len"]
+    return processor
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -13,8 +13,9 @@ go through the real code paths without downloading anything:
   max_image_size.longest_edge == image_size`` and ``do_image_splitting: false``, so the processor
   makes ONE ``image_size`` view per image, as
   :class:`~lightning_aug_dpo.models.smolvlm.SmolVLMDPOModule` does. ``SmolVLMProcessor`` itself
-  needs a video processor (torchvision) and ``num2words``; the hub's ``processor_class`` entry is
-  written so that ``AutoProcessor`` loads the folder where they are installed.
+  needs a video processor (torchvision) and ``num2words``, so it is not saved; the
+  ``processor_class`` entries and ``processor_config.json`` (``image_seq_len``) are written as
+  in the hub repos (no video processor config: ``AutoProcessor`` is not expected to load it).
 
 Every Linear layer of the text model and the LM head has dimensions that are multiples of 64 in
 and 32 out, for bitsandbytes' CPU 4-bit kernels.
