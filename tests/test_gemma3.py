@@ -3,59 +3,55 @@
 What must hold: the checkpoint is real (round-trips through ``from_pretrained`` and
 ``AutoProcessor``); LoRA and 4-bit touch the language model only; our device preprocessing +
 ``vision_inputs`` give the model exactly ``Gemma3Processor``'s inputs (hence logits and greedy
-answers); the DPO step is exact at step 0 and trains LoRA only; prefix sharing and every
-efficiency switch give the plain path's values although image tokens attend bidirectionally and
-a layer uses a sliding window shorter than the rows; SFT renders the chat template token for
-token; rollouts, pair making, ``predict`` and ``fit`` by ``class_path`` work; the config checks
-catch a wrong setting before the weights load.
+answers); the prompt has one BOS and answers end with ``<end_of_turn>``; prefix sharing is exact
+although image tokens attend bidirectionally and a layer's sliding window is shorter than the
+rows (each rule of ``packed_attention_mask`` is needed); the config checks catch a wrong setting
+before the weights load. The family-agnostic matrix (ln 2, LoRA only, every efficiency switch,
+rollouts, SFT, full fine-tune export, ``predict`` and ``fit`` by ``class_path``) comes from
+``family_matrix.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import make_batch, random_images
-from PIL import Image
-from test_efficiency import PLAIN, assert_same, batch_for, perturb, step
+from conftest import make_batch
+from family_matrix import (
+    CHOSEN,
+    QUESTIONS,
+    REJECTED,
+    SHARING,
+    SWITCHES,
+    check_cli_predict_then_fit,
+    check_full_finetune_export,
+    check_images_encoded_once,
+    check_make_pairs,
+    check_rollout_reference_logps,
+    check_sampled_rollouts,
+    check_separate_reference,
+    check_sft,
+    check_shared_prompt_equals_plain,
+    check_step_zero_and_training,
+    check_switches,
+    config_problems,
+    module_builder,
+    no_weights,
+    to_pil,
+    train_steps,
+)
+from test_efficiency import batch_for, perturb
 from torch import nn
 from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-from lightning_aug_dpo import (
-    AugPairDataModule,
-    CombinedLoss,
-    ConditionalPreferenceLoss,
-    DiffusionNoise,
-    Gemma3DPOModule,
-    SigmoidDPOLoss,
-)
-from lightning_aug_dpo.cli import cli_main
-from lightning_aug_dpo.data.synthetic import write_llava_dataset
-from lightning_aug_dpo.losses import IGNORE_INDEX
+from lightning_aug_dpo import Gemma3DPOModule
 from lightning_aug_dpo.models.tiny_gemma3 import IMAGE_TOKEN, TinyGemma3Spec, write_tiny_gemma3
-from lightning_aug_dpo.types import PromptBatch, Sampling, SFTBatch
-from lightning_aug_dpo.validation import ConfigError
 
-QUESTIONS = ["What color is the circle?", "How many shapes are there?", "Is there a square?"]
-CHOSEN = ["The circle is red.", "There are three shapes.", "Yes, on the left."]
-REJECTED = ["The circle is blue.", "There are two shapes.", "No."]
-MDPO = {"loss": CombinedLoss([SigmoidDPOLoss(beta=0.1), ConditionalPreferenceLoss()], [1, 1])}
-CONVERSATIONS = [
-    [("user", "What color is the circle?"), ("assistant", "The circle is red.")],
-    [
-        ("user", "How many shapes are there?"),
-        ("assistant", "There are three shapes."),
-        ("user", "Is there a square?"),
-        ("assistant", "Yes, on the left."),
-    ],
-]
+PROJECTOR = {"modules_to_save": ["multi_modal_projector"]}  # SeVa trains the projector
 
 
 @pytest.fixture(scope="session")
@@ -66,37 +62,12 @@ def tiny_gemma3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_gemma(tiny_gemma3_dir: Path):
     """Build and configure a ``Gemma3DPOModule`` on the tiny checkpoint (float32, CPU)."""
-
-    def build(path: Path | None = None, **kwargs) -> Gemma3DPOModule:
-        kwargs.setdefault("lora_r", 8)
-        kwargs.setdefault("lora_alpha", 16)
-        torch.manual_seed(0)
-        module = Gemma3DPOModule(model_name_or_path=str(path or tiny_gemma3_dir), **kwargs)
-        module.configure_model()
-        return module
-
-    return build
+    return module_builder(Gemma3DPOModule, tiny_gemma3_dir)
 
 
 @pytest.fixture(scope="module")
 def base_model(tiny_gemma3_dir: Path) -> nn.Module:
     return Gemma3ForConditionalGeneration.from_pretrained(tiny_gemma3_dir).eval()
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    return Image.fromarray(image.permute(1, 2, 0).numpy())
-
-
-def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = module.preference_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 # ---------------------------------------------------------------------------- the checkpoint
@@ -230,50 +201,16 @@ def test_tokenize_pairs_one_bos_and_end_of_turn_answers(make_gemma) -> None:
 def test_step_zero_ln2_training_changes_only_lora_and_reference_is_the_base(
     make_gemma, base_model
 ) -> None:
-    module = make_gemma()
-    batch = make_batch(module, QUESTIONS, CHOSEN, REJECTED)
-    loss, values = module.preference_step(batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
-    assert torch.equal(values["rewards/margins"], torch.zeros(3))
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    losses = train_steps(module, batch, steps=5)
-    changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and all("lora_" in k for k in changed), changed
-    assert losses[-1] < math.log(2)
-    module.model.eval()
-    with torch.no_grad():
-        with module.reference_context():
-            reference = module.sequence_logps(batch)
-        module.model = base_model  # the same computation on the plain base model
-        expected = module.sequence_logps(batch)
-    assert torch.equal(reference["chosen"], expected["chosen"])
-    assert torch.equal(reference["rejected"], expected["rejected"])
+    check_step_zero_and_training(make_gemma(), base_model)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{}, {"load_in_4bit": True}, {"gradient_checkpointing": True}, MDPO],
-    ids=["default", "nf4", "checkpointing", "mdpo"],
-)
+@SHARING
 def test_shared_prompt_equals_plain_path(make_gemma, settings) -> None:
-    """Packed rows get Gemma's bidirectional image blocks and the sliding window on plain-row
-    positions (the rows are longer than the tiny model's 16-token window)."""
-    plain = make_gemma(modules_to_save=["multi_modal_projector"], **settings, **PLAIN)
-    shared = make_gemma(modules_to_save=["multi_modal_projector"], **settings)
-    for module in (plain, shared):
-        perturb(module)
-    batch = batch_for(plain)
-    assert (
-        int(batch.prompt_attention_mask.sum(1).min())
-        > plain.model_config.text_config.sliding_window
-    )
-    assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
-    with torch.no_grad():
-        blocks = ("chosen", "rejected", "chosen_aug")
-        a = plain.sequence_logps(batch_for(plain), blocks)
-        b = shared.sequence_logps(batch_for(shared), blocks)
-    for name in blocks:
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-6, msg=name)
+    """The rows are longer than the tiny model's 16-token sliding window, so the window counts."""
+    module = make_gemma()
+    window = module.model_config.text_config.sliding_window
+    assert int(batch_for(module).prompt_attention_mask.sum(1).min()) > window
+    check_shared_prompt_equals_plain(make_gemma, settings, **PROJECTOR)
 
 
 def test_each_rule_of_the_packed_mask_is_needed(make_gemma, monkeypatch) -> None:
@@ -310,227 +247,76 @@ def test_each_rule_of_the_packed_mask_is_needed(make_gemma, monkeypatch) -> None
         assert (exact - wrong).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize(
-    "switches",
-    [
-        {"reuse_image_features": True, "response_logits_only": False, "share_prompt": False},
-        {"reuse_image_features": False, "response_logits_only": True, "share_prompt": False},
-        {"reuse_image_features": True, "response_logits_only": True, "share_prompt": False},
-        {"gradient_checkpointing": True},
-    ],
-    ids=["features", "logits", "features+logits", "all+checkpointing"],
-)
+@SWITCHES
 def test_efficiency_switches_give_the_plain_path(make_gemma, switches) -> None:
-    common = {"modules_to_save": ["multi_modal_projector"]}  # SeVa trains the projector
-    plain = make_gemma(**common, **PLAIN)
-    fast = make_gemma(**common, **switches)
-    for module in (plain, fast):
-        perturb(module)
-    assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
+    check_switches(make_gemma, switches, **PROJECTOR)
 
 
 def test_images_are_encoded_once_per_step(make_gemma) -> None:
-    def encoded_images(module) -> list[int]:
-        calls: list[int] = []
-        tower = module._gemma(module.model).vision_tower
-        tower.register_forward_pre_hook(
-            lambda m, args, kwargs: calls.append(len(kwargs["pixel_values"])), with_kwargs=True
-        )
-        module.preference_step(batch_for(module))
-        return calls
-
-    assert encoded_images(make_gemma()) == [3]  # once, for policy and reference
-    assert encoded_images(make_gemma(**PLAIN)) == [6, 6]  # chosen + rejected, twice
+    check_images_encoded_once(make_gemma, lambda module: module._gemma(module.model).vision_tower)
 
 
 def test_separate_reference_with_shared_prompt(make_gemma, tmp_path) -> None:
-    start = make_gemma()
-    perturb(start)
-    start.save_adapter(tmp_path / "sft")
-    common = {"init_adapter": str(tmp_path / "sft"), "reference": "separate"}
-    shared, plain = make_gemma(**common), make_gemma(**common, **PLAIN)
-    loss, _ = shared.preference_step(batch_for(shared))
-    assert math.isclose(loss.item(), math.log(2), abs_tol=1e-6)  # policy == reference at start
-    perturb(shared, seed=2)
-    perturb(plain, seed=2)
-    assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
+    check_separate_reference(make_gemma, tmp_path)
 
 
 # ---------------------------------------------------------------------------- SFT
 def test_sft_renders_the_chat_template_and_trains_the_answers(make_gemma) -> None:
     module = make_gemma()
-    tok = module.tokenizer
-    tokens, status = module.tokenize_conversations(CONVERSATIONS)
-    assert status == [None, None]
-    # the multi-turn row is the template's text token for token; answers + <end_of_turn> trained
-    turns = CONVERSATIONS[1]
-    messages = module.chat_messages(turns)
-    text = module.expand_image_tokens(module.processor.apply_chat_template(messages)[5:])
-    row = tokens["input_ids"][1][tokens["attention_mask"][1].bool()].tolist()
-    assert row == tok(text.rstrip("\n")).input_ids
-    labels = tokens["labels"][1]
-    trained = tok.decode(labels[labels != IGNORE_INDEX])
-    assert trained == "There are three shapes.<end_of_turn>Yes, on the left.<end_of_turn>"
-    batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
-    loss, count = module.sft_step(batch)
-    module.model.eval()
-    with torch.no_grad():
-        logits = module.forward_logits(batch.input_ids, batch.attention_mask, batch.pixel_values)
-    targets = batch.labels[:, 1:]
-    expected = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
-    )
-    assert int(count) == int((targets != IGNORE_INDEX).sum()) > 0
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    module.model.train()
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    losses = []
-    for _ in range(4):
-        loss, _ = module.sft_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and all("lora_" in k for k in changed) and losses[-1] < losses[0]
+    turns = module.chat_messages(
+        [("user", "How many shapes are there?"), ("assistant", "There are three shapes."),
+         ("user", "Is there a square?"), ("assistant", "Yes, on the left.")]
+    )  # fmt: skip
+    # the template's text without its <bos> (the tokenizer adds it) and the untrained "\n"
+    text = module.processor.apply_chat_template(turns).removeprefix("<bos>").rstrip("\n")
+    trained = "There are three shapes.<end_of_turn>Yes, on the left.<end_of_turn>"
+    check_sft(module, module.expand_image_tokens(text), trained)
 
 
 def test_full_finetune_trains_lm_and_projector_and_exports_a_plain_model(
-    make_gemma, tiny_gemma3_dir, tmp_path
+    make_gemma, tmp_path
 ) -> None:
-    module = make_gemma(finetune="full")
-    tokens, _ = module.tokenize_conversations(CONVERSATIONS)
-    batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss, _ = module.sft_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    changed = {k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)}
-    assert any(".language_model." in k for k in changed)
-    assert any("multi_modal_projector" in k for k in changed)
-    assert not any("vision_tower" in k for k in changed)
-
-    def logits(model) -> torch.Tensor:
-        model.eval()
-        with torch.no_grad():
-            inputs = module.vision_inputs(batch.pixel_values, batch.input_ids)
-            return model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **inputs
-            ).logits
-
-    module.export_merged(tmp_path / "merged")
-    reloaded = Gemma3ForConditionalGeneration.from_pretrained(tmp_path / "merged")
-    torch.testing.assert_close(logits(reloaded), logits(module.model), rtol=0, atol=1e-5)
-    again = make_gemma(tmp_path / "merged", finetune="full")  # processor saved too
-    assert again.tokenizer.chat_template == module.tokenizer.chat_template
+    # lm_head is tied to the language model's embeddings: trained with it
+    trained = [".language_model.", "multi_modal_projector"]
+    again = check_full_finetune_export(
+        make_gemma, Gemma3ForConditionalGeneration, tmp_path, trained, "vision_tower"
+    )
     assert again.tokenizer.eos_token == "<end_of_turn>"
 
 
 # ---------------------------------------------------------------------------- pair making
-def prompt_batch(n: int) -> PromptBatch:
-    return PromptBatch(
-        ids=[f"p{i}" for i in range(n)],
-        indices=list(range(n)),
-        image_paths=[f"img{i}.png" for i in range(n)],
-        images=random_images(n),
-        questions=QUESTIONS[:n],
-    )
-
-
 def test_make_pairs_rolls_out_in_one_left_padded_generate(make_gemma, monkeypatch) -> None:
     module = make_gemma()
-    calls = []
-    generate = module.model.generate
-
-    def spy(**kwargs):
-        calls.append(kwargs)
-        return generate(**kwargs)
-
-    monkeypatch.setattr(module.model, "generate", spy)
-    dm = AugPairDataModule(
-        data_path="unused.json",
-        max_new_tokens=6,
-        augmentation=DiffusionNoise(noise_step=800),
-        drop_identical=False,
-    )
-    batch = dm.make_pairs(prompt_batch(3), module)
-    assert len(calls) == 1  # clean and augmented images together
-    call = calls[0]
-    mask = call["attention_mask"]
-    assert call["input_ids"].shape[0] == 6 and (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
+    call = check_make_pairs(module, monkeypatch)
     assert call["pixel_values"].shape == (6, 3, 32, 32)
-    assert call["token_type_ids"].sum(-1).tolist() == [4] * 6
+    assert call["token_type_ids"].sum(-1).tolist() == [4] * 6  # the bidirectional blocks
     config = module.model_config
-    assert sorted(call["suppress_tokens"]) == sorted(
-        [config.image_token_id, config.boi_token_id, config.eoi_token_id]
-    )
-    assert len(batch) == 3 and batch.pixel_values.shape == (3, 3, 32, 32)
-    assert not torch.equal(batch.aug_pixel_values, batch.pixel_values)
-    clean = module.preprocess_images(random_images(3))
-    rows = batch.meta["rows"]
-    assert [r["chosen"] for r in rows] == module.generate(clean, QUESTIONS, 6)
-    loss, _ = module.preference_step(batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    markers = [config.image_token_id, config.boi_token_id, config.eoi_token_id]
+    assert sorted(call["suppress_tokens"]) == sorted(markers)
 
 
 def test_reference_logps_from_the_rollout_equal_a_reference_forward(make_gemma) -> None:
-    """``reuse_rollout_reference_logps``: the reference rollout's own logits (left-padded
-    generate, KV cache) score the chosen answers as a reference forward does."""
-    module = make_gemma(reuse_rollout_reference_logps=True)
-    dm = AugPairDataModule(
-        data_path="unused.json",
-        max_new_tokens=6,
-        augmentation=DiffusionNoise(noise_step=900),
-        drop_identical=False,
-    )
-    batch = dm.make_pairs(prompt_batch(3), module)
-    assert batch.reference_chosen_logps is not None and len(batch) == 3
-    with torch.no_grad(), module.reference_context():
-        forward = module.sequence_logps(batch)["chosen"]
-    torch.testing.assert_close(batch.reference_chosen_logps, forward, atol=1e-4, rtol=1e-5)
-    perturb(module)
-    reused = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
-    batch.reference_chosen_logps = None
-    computed = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
-    for key in computed:
-        torch.testing.assert_close(reused[key], computed[key], atol=1e-4, rtol=1e-4, msg=key)
+    check_rollout_reference_logps(make_gemma(reuse_rollout_reference_logps=True))
 
 
 def test_sampled_rollouts_give_num_samples_answers_per_image(make_gemma) -> None:
-    module = make_gemma()
-    pixels = module.preprocess_images(random_images(2))
-    torch.manual_seed(0)
-    sampling = Sampling(do_sample=True, temperature=1.0, num_samples=2)
-    rollouts = module.rollout(pixels, QUESTIONS[:2], max_new_tokens=5, sampling=sampling)
-    assert len(rollouts) == 4 and all(0 < r.num_tokens <= 5 for r in rollouts)
+    check_sampled_rollouts(make_gemma())
 
 
 # ---------------------------------------------------------------------------- config checks
 @pytest.fixture
-def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    def load_model(self) -> None:
-        raise AssertionError("the weights were loaded before the configuration was checked")
-
-    monkeypatch.setattr(Gemma3DPOModule, "load_model", load_model)
+def no_gemma_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_weights(monkeypatch, Gemma3DPOModule)
 
 
-def config_problems(model_dir: Path, **kwargs) -> list[str]:
-    module = Gemma3DPOModule(model_name_or_path=str(model_dir), **kwargs)
-    with pytest.raises(ConfigError) as error:
-        module.configure_model()
-    return error.value.problems
-
-
-@pytest.mark.usefixtures("no_weights")
+@pytest.mark.usefixtures("no_gemma_weights")
 def test_config_checks_catch_targets_image_size_and_max_length(tiny_gemma3_dir, tmp_path) -> None:
-    # "out_proj" and "fc1" exist in SigLIP only, which LoRA must not adapt
-    (problem,) = config_problems(tiny_gemma3_dir, lora_target_modules=["q_proj", "fc1"])
+    # "fc1" exists in SigLIP only, which LoRA must not adapt
+    (problem,) = config_problems(
+        Gemma3DPOModule, tiny_gemma3_dir, lora_target_modules=["q_proj", "fc1"]
+    )
     assert problem.startswith("model.lora_target_modules: ['fc1'] match no module")
-    (problem,) = config_problems(tiny_gemma3_dir, max_length=20)
+    (problem,) = config_problems(Gemma3DPOModule, tiny_gemma3_dir, max_length=20)
     assert problem.startswith("model.max_length=20 cannot hold one image")
     assert "4 of them image tokens" in problem
     model_dir = tmp_path / "model"
@@ -540,86 +326,14 @@ def test_config_checks_catch_targets_image_size_and_max_length(tiny_gemma3_dir, 
     processor["image_processor"]["size"] = {"height": 64, "width": 64}
     processor["image_seq_length"] = 16
     config_file.write_text(json.dumps(processor))
-    size, tokens = config_problems(model_dir)
+    size, tokens = config_problems(Gemma3DPOModule, model_dir)
     assert "makes 64x64 inputs" in size and "takes 32x32" in size
     assert "Fix: set size to {height: 32, width: 32}" in size
     assert "image_seq_length=16" in tokens and "Fix: set image_seq_length to 4" in tokens
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli_config(tiny_gemma3_dir: Path, tmp_path: Path, data: Path) -> dict:
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_epochs": 1,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_checkpointing": False,
-            "default_root_dir": str(tmp_path / "runs"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "gemma3"},
-            },
-        },
-        "model": {
-            "class_path": "lightning_aug_dpo.Gemma3DPOModule",
-            "init_args": {
-                "model_name_or_path": str(tiny_gemma3_dir),
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_aug_dpo.AugPairDataModule",
-            "init_args": {
-                "data_path": str(data),
-                "image_folder": str(data.parent / "images"),
-                "batch_size": 2,
-                "max_new_tokens": 4,
-                "drop_identical": False,
-            },
-        },
-    }
-
-
 def test_cli_predict_then_fit_with_the_gemma3_class_path(tiny_gemma3_dir, tmp_path) -> None:
-    """``predict`` writes the pairs of live rollouts; ``fit`` trains on that file."""
-    data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
-    config = cli_config(tiny_gemma3_dir, tmp_path, data)
-    path = tmp_path / "gemma3.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    pairs = tmp_path / "pairs.jsonl"
-    writer = {
-        "class_path": "lightning_aug_dpo.PairsWriter",
-        "init_args": {"output_path": str(pairs)},
-    }
-    cli = cli_main(["predict", "--config", str(path), "--trainer.callbacks+", json.dumps(writer)])
-    assert isinstance(cli.model, Gemma3DPOModule)
-    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    assert len(rows) == 4  # drop_identical: false
-    questions = [row["prompt"] for row in rows]
-    images = [
-        torch.from_numpy(np.array(Image.open(data.parent / "images" / row["image"]).convert("RGB")))
-        .permute(2, 0, 1)
-        for row in rows
-    ]  # fmt: skip
-    cli.model.model.eval()
-    clean = cli.model.preprocess_images(images)
-    assert [row["chosen"] for row in rows] == cli.model.generate(clean, questions, 4)
-
-    cli = cli_main(
-        ["fit", "--config", str(path), "--data.init_args.data_path", "null",
-         "--data.init_args.pairs_path", str(pairs)]
-    )  # fmt: skip
-    run = Path(cli.trainer.log_dir)
-    with open(run / "metrics.csv") as f:
-        steps = [r for r in csv.DictReader(f) if r["train/loss"]]
-    assert len(steps) == 2  # 4 pairs / batch 2
-    assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
+    run = check_cli_predict_then_fit("lightning_aug_dpo.Gemma3DPOModule", tiny_gemma3_dir, tmp_path)
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"].startswith(r"model\.language_model\.")
