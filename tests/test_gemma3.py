@@ -189,6 +189,7 @@ def test_tokenize_pairs_one_bos_and_end_of_turn_answers(make_gemma) -> None:
     prompt = out["prompt_input_ids"][0][out["prompt_attention_mask"][0].bool()].tolist()
     chosen = out["chosen_input_ids"][0][out["chosen_attention_mask"][0].bool()].tolist()
     assert prompt.count(tok.bos_token_id) == 1 and prompt[0] == tok.bos_token_id
+    assert module._template_bos() == "<bos>"  # written by the template, added by the tokenizer
     assert prompt.count(module.image_token_id()) == 4
     assert chosen[-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<end_of_turn>")
     assert (

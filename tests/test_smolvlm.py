@@ -201,6 +201,7 @@ def test_tokenize_pairs_answers_after_a_space_end_with_end_of_utterance(make_smo
     prompt = out["prompt_input_ids"][0][out["prompt_attention_mask"][0].bool()].tolist()
     chosen = out["chosen_input_ids"][0][out["chosen_attention_mask"][0].bool()].tolist()
     assert prompt[0] == tok.convert_tokens_to_ids("<|im_start|>")  # no BOS of its own
+    assert module._template_bos() == ""  # the template's <|im_start|> is kept
     assert prompt.count(module.image_token_id()) == 4
     assert chosen[-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<end_of_utterance>")
     text = module.prompt_texts(["Q?"])[0] + " The circle is red."

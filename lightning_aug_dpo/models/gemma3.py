@@ -118,18 +118,20 @@ class Gemma3DPOModule(AugDPOModule):
         return rf"{re.escape(self.language_model_prefix)}\..*\.({names})"
 
     # ------------------------------------------------------------------ prompts and tokens
+    def _template_bos(self) -> str:
+        """The BOS text the chat template writes that the tokenizer adds again ("" if none)."""
+        tok = self.tokenizer
+        adds = tok.bos_token_id is not None and tok("").input_ids[:1] == [tok.bos_token_id]
+        return tok.bos_token if adds else ""
+
     def format_prompt(self, question: str) -> str:
-        prompt = super().format_prompt(question)
-        bos = self.tokenizer.bos_token
         # The tokenizer adds BOS itself; the template's own would make it two.
-        return prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt
+        return super().format_prompt(question).removeprefix(self._template_bos())
 
     def format_conversation(self, turns: Any) -> list[tuple[str, bool]]:
         segments = super().format_conversation(turns)
-        bos = self.tokenizer.bos_token
-        first, trained = segments[0]
-        if bos and first.startswith(bos):  # as format_prompt: the tokenizer adds BOS
-            segments[0] = (first[len(bos) :], trained)
+        first, trained = segments[0]  # as format_prompt: one BOS
+        segments[0] = (first.removeprefix(self._template_bos()), trained)
         return segments
 
     def format_response(self, answer: str) -> str:

@@ -20,7 +20,8 @@ What differs from LLaVA-1.5, and where each difference is handled (hooks of
   single image.
 * **Prompt format.** ``<|im_start|>User:<image>{question}<end_of_utterance>\\nAssistant:``; the
   answer follows after a space and ends with ``<end_of_utterance>``, made the EOS (the hub's
-  SmolVLM2 tokenizers already have it as EOS; Idefics3's has ``<|end_of_text|>``).
+  SmolVLM2 tokenizers already have it as EOS; Idefics3's has ``<|end_of_text|>``). A BOS that
+  the template writes and the tokenizer adds again is written once.
 * **Modules.** Text model at ``model.text_model`` (LoRA and 4-bit there only); vision tower at
   ``model.vision_model`` and the pixel-shuffle connector at ``model.connector`` (SeVa's
   projector: ``modules_to_save: [connector]``), kept in full precision. :meth:`encode_images`
@@ -117,6 +118,23 @@ class SmolVLMDPOModule(AugDPOModule):
     # ------------------------------------------------------------------ prompts and tokens
     def _token(self, name: str, default: str) -> str:
         return getattr(self.tokenizer, name, None) or default
+
+    def _template_bos(self) -> str:
+        """The BOS text the chat template writes that the tokenizer adds again ("" if none:
+        SmolVLM2's template opens with ``<|im_start|>``, which its tokenizer does not add;
+        Idefics3's writes ``<|begin_of_text|>``, which the Llama 3 tokenizer adds too)."""
+        tok = self.tokenizer
+        adds = tok.bos_token_id is not None and tok("").input_ids[:1] == [tok.bos_token_id]
+        return tok.bos_token if adds else ""
+
+    def format_prompt(self, question: str) -> str:
+        return super().format_prompt(question).removeprefix(self._template_bos())
+
+    def format_conversation(self, turns: Any) -> list[tuple[str, bool]]:
+        segments = super().format_conversation(turns)
+        first, trained = segments[0]  # as format_prompt: one BOS
+        segments[0] = (first.removeprefix(self._template_bos()), trained)
+        return segments
 
     def image_token_id(self) -> int:
         return int(self.model_config.image_token_id)
