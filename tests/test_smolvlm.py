@@ -319,10 +319,24 @@ def test_the_idefics3_class_trains_the_same_way(make_smolvlm, tmp_path) -> None:
     under another ``model_type``: the same module loads it, exact at step 0, and the fast path
     (shared prompt, reused features, response logits) gives the plain path's values."""
     path = write_tiny_smolvlm(tmp_path / "idefics3", architecture="idefics3")
+    # Idefics3's Llama 3 tokenizer adds the BOS its chat template also writes: one BOS stays
+    tokenizer_file = path / "tokenizer.json"
+    data = json.loads(tokenizer_file.read_text())
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    data["post_processor"]["single"].insert(0, bos)
+    data["post_processor"]["special_tokens"] = {
+        "<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}
+    }
+    tokenizer_file.write_text(json.dumps(data))
     plain = make_smolvlm(path, modules_to_save=["connector"], **PLAIN)
     fast = make_smolvlm(path, modules_to_save=["connector"])
     assert type(fast.model.get_base_model()).__name__ == "Idefics3ForConditionalGeneration"
     assert fast.num_image_tokens() == 4
+    tok = fast.tokenizer
+    assert tok("").input_ids == [tok.convert_tokens_to_ids("<|im_start|>")] == [1]
+    assert fast._template_bos() == "<|im_start|>"
+    ids = fast.tokenize_pairs(["Q?"], ["A."], ["B."])["prompt_input_ids"][0].tolist()
+    assert ids.count(1) == 1 and ids[0] == 1
     loss, _ = fast.preference_step(batch_for(fast))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
     for module in (plain, fast):
