@@ -41,6 +41,7 @@ from lightning_aug_dpo.losses import (
 )
 from lightning_aug_dpo.models import (
     LlavaDPOModule,
+    Qwen2_5_VLDPOModule,
     Qwen2VLDPOModule,
     write_tiny_llava,
     write_tiny_qwen2_vl,
@@ -85,6 +86,7 @@ __all__ = [
     "Preset",
     "PromptBatch",
     "Qwen2VLDPOModule",
+    "Qwen2_5_VLDPOModule",
     "RPOLoss",
     "RobustDPOLoss",
     "RunSummary",
