@@ -43,6 +43,7 @@ from lightning_aug_dpo.models import (
     LlavaDPOModule,
     Qwen2_5_VLDPOModule,
     Qwen2VLDPOModule,
+    Qwen3VLDPOModule,
     write_tiny_llava,
     write_tiny_qwen2_vl,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "PromptBatch",
     "Qwen2VLDPOModule",
     "Qwen2_5_VLDPOModule",
+    "Qwen3VLDPOModule",
     "RPOLoss",
     "RobustDPOLoss",
     "RunSummary",

@@ -79,6 +79,7 @@ class Family:
 
 def _families() -> list[Family]:
     from lightning_aug_dpo.models.tiny_qwen2_5_vl import TinyQwen2_5_VLSpec, write_tiny_qwen2_5_vl
+    from lightning_aug_dpo.models.tiny_qwen3_vl import TinyQwen3VLSpec, write_tiny_qwen3_vl
 
     qwen2_prompt = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -96,6 +97,22 @@ def _families() -> list[Family]:
             factor=28,
             chat_prompt=qwen2_prompt,
             vision_linears=3,  # the SwiGLU MLP: gate_proj, up_proj, down_proj
+        ),
+        Family(
+            "qwen3_vl",
+            "Qwen3VLDPOModule",
+            "Qwen3VLForConditionalGeneration",
+            "Qwen3VLProcessor",
+            write_tiny_qwen3_vl,
+            TinyQwen3VLSpec,
+            side=64,
+            factor=32,
+            # no default system prompt
+            chat_prompt=(
+                "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi?<|im_end|>\n"
+                "<|im_start|>assistant\n"
+            ),
+            vision_linears=0,  # qkv, proj, linear_fc1, linear_fc2
         ),
     ]
 
@@ -203,6 +220,18 @@ def test_checkpoint_round_trips_through_from_pretrained(family, tmp_path) -> Non
     assert all(torch.equal(weights[k], same[k]) for k in weights)
     assert not all(torch.equal(weights[k], different[k]) for k in weights)
     assert (again / "tokenizer.json").read_bytes() == (path / "tokenizer.json").read_bytes()
+
+
+def test_qwen3_vl_chat_template_is_the_hubs_byte_for_byte() -> None:
+    """``Qwen/Qwen3-VL-8B-Instruct``'s template: 5,292 bytes, this SHA-256."""
+    import hashlib
+
+    from lightning_aug_dpo.models.tiny_qwen3_vl import CHAT_TEMPLATE
+
+    data = CHAT_TEMPLATE.encode()
+    assert len(data) == 5292
+    digest = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
+    assert hashlib.sha256(data).hexdigest() == digest
 
 
 def test_tiny_writer_cli_flags_reach_config_json(family, tmp_path) -> None:
@@ -577,6 +606,8 @@ def test_full_finetune_trains_lm_and_projector_and_exports_a_plain_model(
     sft_train(module, batch, steps=3)
     changed = {k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)}
     assert any(".language_model." in k for k in changed)
+    for prefix in module.full_finetune_modules():  # Qwen3-VL: the DeepStack mergers too
+        assert any(k.startswith(prefix + ".") for k in changed), prefix
     assert any("visual.merger" in k for k in changed) and any(
         k.startswith("lm_head") for k in changed
     )
