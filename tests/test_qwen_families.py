@@ -189,7 +189,7 @@ def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
     return losses
 
 
-def tokens(module) -> int:
+def tokens_of(module) -> int:
     return module.num_image_tokens()
 
 
@@ -280,8 +280,8 @@ def test_qlora_quantises_the_language_model_only(make) -> None:
 
 def test_image_size_sets_the_token_count(make, family) -> None:
     fam, _ = family
-    assert tokens(make()) == (fam.side // fam.factor) ** 2
-    assert tokens(make(image_size=3 * fam.factor)) == 9
+    assert tokens_of(make()) == (fam.side // fam.factor) ** 2
+    assert tokens_of(make(image_size=3 * fam.factor)) == 9
 
 
 def test_config_checks_catch_every_wrong_setting_before_the_weights(family) -> None:
@@ -329,7 +329,7 @@ def test_our_image_path_gives_the_processors_inputs_logits_and_answers(make, fam
     ids = module.tokenizer(module.prompt_texts([question]), return_tensors="pt")
     ours = module.vision_inputs(pixels, ids.input_ids)
     assert torch.equal(ids.input_ids, enc.input_ids)
-    assert int((ids.input_ids == module.image_token_id()).sum()) == tokens(module) == 4
+    assert int((ids.input_ids == module.image_token_id()).sum()) == tokens_of(module) == 4
     assert set(ours) <= set(enc)  # nothing the processor does not give
     assert torch.equal(ours["image_grid_thw"], enc.image_grid_thw)
     assert torch.equal(ours["mm_token_type_ids"], enc.mm_token_type_ids)
@@ -453,6 +453,35 @@ def test_separate_reference_with_shared_prompt(make, tmp_path) -> None:
     assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
 
 
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["fp32", "nf4"])
+def test_merger_trained_with_lora_exports_adapter_and_merged_model(
+    make, family, tmp_path, load_in_4bit
+) -> None:
+    """SeVa's setting (the projector trained in full: Qwen's ``merger``): exact ln 2 at step 0,
+    and the adapter and the merged export both give the full-precision base + adapter."""
+    from peft import PeftModel
+
+    fam, path = family
+    module = make(modules_to_save=["merger"], load_in_4bit=load_in_4bit)
+    saved = [n for n, p in module.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert saved and all(".visual.merger.modules_to_save." in n for n in saved)
+    batch = batch_for(module)
+    assert math.isclose(module.preference_step(batch)[0].item(), math.log(2), abs_tol=1e-7)
+    perturb(module)
+    module.save_adapter(tmp_path / "adapter")
+    module.export_merged(tmp_path / "merged")
+    merged = fam.hf_class().from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    unmerged = PeftModel.from_pretrained(fam.hf_class().from_pretrained(path), tmp_path / "adapter")
+    ids = torch.cat([batch.prompt_input_ids, batch.chosen_input_ids], 1)
+    inputs = {"input_ids": ids, **module.vision_inputs(batch.pixel_values, ids)}
+    with torch.no_grad():
+        expected = unmerged.eval()(**inputs).logits
+        torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+        base = fam.hf_class().from_pretrained(path).eval()(**inputs).logits
+    assert (base - expected).abs().max() > 1e-3  # the adapter and the merger did change it
+
+
 # ---------------------------------------------------------------------------- pair making
 def prompt_batch(n: int) -> PromptBatch:
     return PromptBatch(
@@ -567,6 +596,41 @@ def sft_train(module, batch: SFTBatch, steps: int, lr: float = 1e-2) -> list[flo
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def test_sft_single_turn_is_the_dpo_paths_tokens_of(make) -> None:
+    module = make()
+    question, answer = CONVERSATIONS[0][0][1], CONVERSATIONS[0][1][1]
+    ids, trained = module.conversation_tokens(CONVERSATIONS[0])
+    out = module.tokenize_pairs([question], [answer], ["No."])
+    prompt = out["prompt_input_ids"][0][out["prompt_attention_mask"][0].bool()].tolist()
+    chosen = out["chosen_input_ids"][0][out["chosen_attention_mask"][0].bool()].tolist()
+    assert ids == prompt + chosen and chosen[-1] == module.tokenizer.eos_token_id
+    assert trained == [False] * len(prompt) + [True] * len(chosen)
+
+
+def test_sft_multi_turn_mask_covers_answers_and_end_tokens_only(make) -> None:
+    """From the family's own chat template (Qwen3-VL's has no system turn): each answer and
+    its ``<|im_end|>`` are trained, the image, user turns and role headers never."""
+    module = make()
+    tok = module.tokenizer
+    tokens, status = module.tokenize_conversations([CONVERSATIONS[1]])
+    assert status == [None]
+    ids, labels = tokens["input_ids"][0], tokens["labels"][0]
+    trained = labels != IGNORE_INDEX
+    assert torch.equal(labels[trained], ids[trained])
+    answers = [a for _, a in CONVERSATIONS[1][1::2]]
+    assert tok.decode(ids[trained]) == f"{answers[0]}<|im_end|>{answers[1]}<|im_end|>"
+    image = ids == module.image_token_id()
+    assert int(image.sum()) == tokens_of(module) and not trained[image].any()
+    untrained = tok.decode(ids[~trained])
+    assert untrained.count("<|im_start|>assistant\n") == 2
+    assert all(question in untrained for _, question in CONVERSATIONS[1][::2])
+    # the template's text, image placeholder expanded, up to the last answer's <|im_end|>
+    rendered = module.processor.apply_chat_template(module.chat_messages(CONVERSATIONS[1]))
+    image_pad = "<|image_pad|>"
+    expected = rendered.replace(image_pad, image_pad * tokens_of(module)).removesuffix("\n")
+    assert tok.decode(ids) == expected
 
 
 @pytest.mark.parametrize("response_logits_only", [True, False])
