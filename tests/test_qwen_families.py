@@ -222,6 +222,14 @@ def test_checkpoint_round_trips_through_from_pretrained(family, tmp_path) -> Non
     assert (again / "tokenizer.json").read_bytes() == (path / "tokenizer.json").read_bytes()
 
 
+def test_auto_processor_loads_the_checkpoint(family) -> None:
+    pytest.importorskip("torchvision", reason="transformers' Qwen processors need torchvision")
+    from transformers import AutoProcessor
+
+    fam, path = family
+    assert type(AutoProcessor.from_pretrained(path)).__name__ == fam.hf_processor
+
+
 def test_qwen3_vl_chat_template_is_the_hubs_byte_for_byte() -> None:
     """``Qwen/Qwen3-VL-8B-Instruct``'s template: 5,292 bytes, this SHA-256."""
     import hashlib
