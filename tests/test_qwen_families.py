@@ -418,24 +418,38 @@ def test_training_changes_only_lora_and_reference_stays_the_base(make, family) -
     assert torch.equal(reference["rejected"], expected["rejected"])
 
 
+ONLY = {name: {**PLAIN, name: True} for name in PLAIN}  # one switch on, the others off
+
+
 @pytest.mark.parametrize(
     "settings",
     [
-        {"share_prompt": True, "response_logits_only": False},
-        {"share_prompt": False, "response_logits_only": True},
+        ONLY["share_prompt"],
+        ONLY["response_logits_only"],
+        ONLY["reuse_image_features"],
         {},  # the defaults: every switch on
         {"gradient_checkpointing": True},
         {"load_in_4bit": True},
         MDPO,
     ],
-    ids=["share_prompt", "response_logits_only", "defaults", "checkpointing", "nf4", "mdpo"],
+    ids=[
+        "share_prompt",
+        "response_logits_only",
+        "reuse_image_features",
+        "defaults",
+        "checkpointing",
+        "nf4",
+        "mdpo",
+    ],
 )
 def test_efficiency_switches_give_the_plain_path(make, settings) -> None:
-    """Prefix sharing's packed row (M-RoPE positions from the model's ``get_rope_index``) and
-    response-only logits equal one row per answer with every logit, values and gradients."""
+    """Prefix sharing's packed row (M-RoPE positions from the model's ``get_rope_index``),
+    response-only logits and the vision blocks run once (the mergers per forward) equal one row
+    per answer with every logit and its own vision forward: values and gradients. SeVa's
+    setting: the merger is trained, so the policy's copy differs from the reference's."""
     base = {k: v for k, v in settings.items() if k not in PLAIN}
-    plain = make(**base, **PLAIN)
-    fast = make(**settings)
+    plain = make(modules_to_save=["merger"], **base, **PLAIN)
+    fast = make(modules_to_save=["merger"], **settings)
     for module in (plain, fast):
         perturb(module)
     assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
@@ -446,6 +460,24 @@ def test_efficiency_switches_give_the_plain_path(make, settings) -> None:
             b = fast.sequence_logps(batch_for(fast), blocks)
         for name in blocks:
             torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-6, msg=name)
+
+
+def test_the_vision_blocks_run_once_per_step(make) -> None:
+    """With ``reuse_image_features`` one vision-tower pass per step (clean + augmented images
+    for mDPO), shared by policy and reference; without, one per forward."""
+
+    def tower_passes(module) -> list[int]:
+        calls: list[int] = []
+        visual = module.visual_of(module.model)
+        visual.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append(int(kwargs["grid_thw"].shape[0])), with_kwargs=True
+        )
+        module.preference_step(batch_for(module))
+        return calls
+
+    assert tower_passes(make()) == [3]  # once, for policy and reference
+    assert tower_passes(make(**MDPO)) == [6]  # clean and augmented images together
+    assert tower_passes(make(**PLAIN)) == [6, 6]  # chosen + rejected rows, twice
 
 
 def test_separate_reference_with_shared_prompt(make, tmp_path) -> None:

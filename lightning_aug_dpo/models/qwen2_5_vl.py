@@ -20,6 +20,10 @@ of 4-bit: windowed attention (``window_size`` 112 px, full attention in
 ``gate_proj``/``up_proj``/``down_proj``, the language model's LoRA target names. The inherited
 :meth:`lora_target_regex` scopes LoRA to ``model.language_model``, so these stay untouched
 (tested). From LLaVA-1.5 it differs as Qwen2-VL does (README, "Shipped families").
+
+With ``reuse_image_features`` (the default) the frozen vision blocks run once per DPO step and
+the merger in every forward (``models/qwen_image_reuse.py``); the tower's window reordering
+is its own code's, so nothing here knows about windows.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from __future__ import annotations
 from torch import nn
 
 from lightning_aug_dpo.models.qwen2_vl import Qwen2VLDPOModule
+from lightning_aug_dpo.models.qwen_image_reuse import QwenImageReuseMixin
 
 
-class Qwen2_5_VLDPOModule(Qwen2VLDPOModule):
+class Qwen2_5_VLDPOModule(QwenImageReuseMixin, Qwen2VLDPOModule):
     """SeVa DPO for Qwen2.5-VL checkpoints (``Qwen/Qwen2.5-VL-3B-Instruct``, ``-7B-Instruct``,
     ``-32B-Instruct`` or a local copy such as
     :func:`~lightning_aug_dpo.models.tiny_qwen2_5_vl.write_tiny_qwen2_5_vl`'s).

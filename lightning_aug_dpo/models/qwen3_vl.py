@@ -15,7 +15,8 @@ what differs:
 * **DeepStack.** Features of some vision blocks, through their own mergers
   (``model.visual.deepstack_merger_list``), are added to the image tokens' hidden states in the
   first language-model layers. They are projector weights: trained with ``finetune: full``
-  (:meth:`full_finetune_modules`), kept out of 4-bit with the rest of ``model.visual``.
+  (:meth:`full_finetune_modules`), kept out of 4-bit with the rest of ``model.visual``, and run
+  in every forward with ``reuse_image_features`` (:meth:`vision_mergers`), like the merger.
 * **Prompt format.** The chat template has no default system prompt; answers are ChatML as for
   Qwen2-VL (no space after ``assistant\\n``, ``<|im_end|>`` as EOS).
 * **Vision Linear names.** ``qkv``/``proj``/``linear_fc1``/``linear_fc2``: not the language
@@ -24,12 +25,16 @@ what differs:
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from lightning_aug_dpo.models.qwen2_vl import Qwen2VLDPOModule
+from lightning_aug_dpo.models.qwen_image_reuse import QwenImageReuseMixin
 
 
-class Qwen3VLDPOModule(Qwen2VLDPOModule):
+class Qwen3VLDPOModule(QwenImageReuseMixin, Qwen2VLDPOModule):
     """SeVa DPO for Qwen3-VL checkpoints (``Qwen/Qwen3-VL-2B-Instruct``, ``-4B-Instruct``,
     ``-8B-Instruct``, ``-32B-Instruct`` or a local copy such as
     :func:`~lightning_aug_dpo.models.tiny_qwen3_vl.write_tiny_qwen3_vl`'s).
@@ -54,3 +59,16 @@ class Qwen3VLDPOModule(Qwen2VLDPOModule):
         # Both projections into the language model: the merger and the DeepStack mergers.
         visual = self.vision_prefix
         return [*super().full_finetune_modules(), f"{visual}.deepstack_merger_list"]
+
+    def vision_mergers(self, visual: nn.Module) -> list[nn.Module]:
+        # DeepStack: one merger per tapped block, after the final merger.
+        return [visual.merger, *visual.deepstack_merger_list]
+
+    def image_encoder_output(self, merged: list[tuple[torch.Tensor, ...]]) -> Any:
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+            BaseModelOutputWithDeepstackFeatures,
+        )
+
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=merged[0], deepstack_features=list(merged[1:])
+        )
