@@ -478,6 +478,14 @@ def test_the_vision_blocks_run_once_per_step(make) -> None:
     assert tower_passes(make()) == [3]  # once, for policy and reference
     assert tower_passes(make(**MDPO)) == [6]  # clean and augmented images together
     assert tower_passes(make(**PLAIN)) == [6, 6]  # chosen + rejected rows, twice
+    # a trained vision tower (full fine-tuning) is not frozen: each forward encodes its images
+    trained = make(finetune="full", train_vision_tower=True, reference="separate")
+    assert tower_passes(trained) == [3]  # the policy's; the separate reference has its own
+    reference_tower = trained.visual_of(trained.reference_model)
+    calls = []
+    reference_tower.register_forward_pre_hook(lambda m, args: calls.append(1))
+    trained.preference_step(batch_for(trained))
+    assert calls == [1]
 
 
 def test_separate_reference_with_shared_prompt(make, tmp_path) -> None:
