@@ -646,7 +646,7 @@ def sft_train(module, batch: SFTBatch, steps: int, lr: float = 1e-2) -> list[flo
     return losses
 
 
-def test_sft_single_turn_is_the_dpo_paths_tokens_of(make) -> None:
+def test_sft_single_turn_is_the_dpo_paths_tokens(make) -> None:
     module = make()
     question, answer = CONVERSATIONS[0][0][1], CONVERSATIONS[0][1][1]
     ids, trained = module.conversation_tokens(CONVERSATIONS[0])
