@@ -4,13 +4,17 @@ from lightning_aug_dpo.models.gemma3 import Gemma3DPOModule
 from lightning_aug_dpo.models.internvl import InternVLDPOModule
 from lightning_aug_dpo.models.llava import LlavaDPOModule
 from lightning_aug_dpo.models.llava_next import LlavaNextDPOModule
+from lightning_aug_dpo.models.qwen2_5_vl import Qwen2_5_VLDPOModule
 from lightning_aug_dpo.models.qwen2_vl import Qwen2VLDPOModule
+from lightning_aug_dpo.models.qwen3_vl import Qwen3VLDPOModule
 from lightning_aug_dpo.models.smolvlm import SmolVLMDPOModule
 from lightning_aug_dpo.models.tiny import TinyLlavaSpec, write_tiny_llava
 from lightning_aug_dpo.models.tiny_gemma3 import TinyGemma3Spec, write_tiny_gemma3
 from lightning_aug_dpo.models.tiny_internvl import TinyInternVLSpec, write_tiny_internvl
 from lightning_aug_dpo.models.tiny_llava_next import TinyLlavaNextSpec, write_tiny_llava_next
+from lightning_aug_dpo.models.tiny_qwen2_5_vl import TinyQwen2_5_VLSpec, write_tiny_qwen2_5_vl
 from lightning_aug_dpo.models.tiny_qwen2_vl import TinyQwen2VLSpec, write_tiny_qwen2_vl
+from lightning_aug_dpo.models.tiny_qwen3_vl import TinyQwen3VLSpec, write_tiny_qwen3_vl
 from lightning_aug_dpo.models.tiny_smolvlm import TinySmolVLMSpec, write_tiny_smolvlm
 
 __all__ = [
@@ -19,17 +23,23 @@ __all__ = [
     "LlavaDPOModule",
     "LlavaNextDPOModule",
     "Qwen2VLDPOModule",
+    "Qwen2_5_VLDPOModule",
+    "Qwen3VLDPOModule",
     "SmolVLMDPOModule",
     "TinyGemma3Spec",
     "TinyInternVLSpec",
     "TinyLlavaNextSpec",
     "TinyLlavaSpec",
     "TinyQwen2VLSpec",
+    "TinyQwen2_5_VLSpec",
+    "TinyQwen3VLSpec",
     "TinySmolVLMSpec",
     "write_tiny_gemma3",
     "write_tiny_internvl",
     "write_tiny_llava",
     "write_tiny_llava_next",
+    "write_tiny_qwen2_5_vl",
     "write_tiny_qwen2_vl",
+    "write_tiny_qwen3_vl",
     "write_tiny_smolvlm",
 ]

@@ -1,0 +1,178 @@
+"""Write a tiny, random, but *real* Qwen2.5-VL checkpoint directory.
+
+Laid out as ``Qwen/Qwen2.5-VL-7B-Instruct`` is, so that tests and examples go through the real
+code paths (``Qwen2_5_VLForConditionalGeneration.from_pretrained``, ``Qwen2Tokenizer``, the
+ChatML chat template with ``<|vision_start|><|image_pad|><|vision_end|>``, the Qwen2-VL image
+processor config Qwen2.5-VL ships, M-RoPE) without downloading anything. What Qwen2.5-VL adds
+over Qwen2-VL, and the tiny model keeps so that it is exercised:
+
+* the vision tower attends within windows of ``window_size`` pixels, except in the
+  ``fullatt_block_indexes`` blocks (here: window 28 px = one merged token, so a 56 px image is
+  four windows, and every ``fullatt_every``-th block attends over the whole image);
+* its blocks are RMSNorm + SwiGLU (``gate_proj``/``up_proj``/``down_proj``: the language
+  model's own LoRA target names, which is why LoRA must be scoped to the language model);
+* the merger projects into ``out_hidden_size`` (the text width) instead of ``hidden_size``.
+
+The tokenizer (a byte-level BPE trained offline, wrapped in ``Qwen2Tokenizer``), the special
+tokens and the chat template are Qwen2-VL's, as on the hub (the Qwen2.5-VL-Instruct template is
+Qwen2-VL-Instruct's). Every Linear layer has dimensions that are multiples of 64 in and 32 out,
+for bitsandbytes' CPU 4-bit kernels (see DESIGN.md).
+
+Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_5_vl OUT_DIR [--hidden-size 128 ...]``
+(one option per :class:`TinyQwen2_5_VLSpec` field; ``--help`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny_qwen2_vl import (
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    build_qwen2_tokenizer,
+    mrope_section,
+)
+
+#: The hub's Qwen2.5-VL image processor: CLIP normalisation, 14 px patches, 2x2 merge.
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class TinyQwen2_5_VLSpec:
+    """Sizes of the tiny model. ``image_size`` must be a multiple of ``patch_size * merge_size``
+    and ``window_size`` a multiple of it too."""
+
+    vocab_size: int = _opt(512, "tokenizer entries; a multiple of 64 (lm_head rule)")
+    hidden_size: int = _opt(64, "text model width (Qwen2 hidden_size)")
+    intermediate_size: int = _opt(128, "text model MLP width")
+    num_hidden_layers: int = _opt(2, "text model layers")
+    num_attention_heads: int = _opt(4, "text model attention heads")
+    num_key_value_heads: int = _opt(2, "text model key/value heads (grouped-query)")
+    vision_hidden_size: int = _opt(64, "vision tower width")
+    vision_intermediate_size: int = _opt(128, "vision tower SwiGLU MLP width")
+    vision_depth: int = _opt(2, "vision tower layers")
+    vision_heads: int = _opt(4, "vision tower attention heads")
+    # 56 px: 4x4 patches of 14 px -> 2x2 merged -> 4 image tokens, in 4 windows of 28 px
+    image_size: int = _opt(56, "input image side in pixels; a multiple of patch * merge size")
+    patch_size: int = _opt(14, "vision patch side")
+    merge_size: int = _opt(2, "patches merged per side into one image token")
+    temporal_patch_size: int = _opt(2, "frames per temporal patch (a still image is repeated)")
+    window_size: int = _opt(28, "vision attention window side in pixels (hub: 112)")
+    fullatt_every: int = _opt(2, "every n-th vision block attends globally (hub: 8)")
+    max_position_embeddings: int = _opt(512, "text model context length")
+    seed: int = _opt(0, "weight initialisation seed")
+
+
+def write_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwen2_5_VLSpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, chat template and image processor config.
+
+    The result loads with ``Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir)``,
+    ``AutoTokenizer`` and ``AutoImageProcessor`` (and ``AutoProcessor`` where torchvision is
+    installed) without network access. Deterministic per spec.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    spec = spec or TinyQwen2_5_VLSpec()
+    factor = spec.patch_size * spec.merge_size
+    for name in ("image_size", "window_size"):
+        if getattr(spec, name) % factor:
+            raise ValueError(f"{name} {getattr(spec, name)} is not a multiple of {factor}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen2_tokenizer(spec.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+    head_dim = spec.hidden_size // spec.num_attention_heads
+    text_config = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": mrope_section(head_dim),
+        },
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        attention_dropout=0.0,
+    )
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=spec.vision_intermediate_size,
+        num_heads=spec.vision_heads,
+        out_hidden_size=spec.hidden_size,  # the merger projects into the text model's width
+        patch_size=spec.patch_size,
+        spatial_merge_size=spec.merge_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        window_size=spec.window_size,
+        fullatt_block_indexes=[
+            i for i in range(spec.vision_depth) if (i + 1) % spec.fullatt_every == 0
+        ],
+        tokens_per_second=2,  # the hub's; only video positions use it
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    generation = model.generation_config
+    generation.pad_token_id = ids["<|endoftext|>"]
+    generation.bos_token_id = ids["<|endoftext|>"]
+    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
+    model.save_pretrained(out)
+
+    pixels = spec.image_size**2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.merge_size,
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+    )
+    image_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Qwen2_5_VLProcessor cannot be built here without torchvision (its video processor), so
+    # point AutoProcessor at it the way the hub repos do: processor_class in the sub-configs.
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text())
+        data["processor_class"] = "Qwen2_5_VLProcessor"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (out / "tiny_qwen2_5_vl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    add_spec_arguments(parser, TinyQwen2_5_VLSpec)
+    args = parser.parse_args(argv)
+    path = write_tiny_qwen2_5_vl(args.out_dir, spec_from_args(TinyQwen2_5_VLSpec, args))
+    print(f"tiny Qwen2.5-VL written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
