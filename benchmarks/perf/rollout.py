@@ -11,6 +11,8 @@ Models (random weights, written to a temporary directory, nothing downloaded):
   336 px / patch 14 = 576 image tokens, a 32000-entry vocabulary (the tiny BPE tokenizer padded
   with decodable filler entries) and the 2-layer GELU projector; width and depth scaled down for
   a CPU (text 256 wide, 4 layers, 2 heads of 128 as LLaVA's; vision 128 wide, 2 layers).
+* ``--model-path DIR`` instead: any LLaVA checkpoint directory, e.g. the 7B-shaped one of
+  ``benchmarks/perf/shaped_llava.py`` (``make gpu-check`` runs it at batch 8 / 16 / 32).
 
 Each is loaded by ``LlavaDPOModule.configure_model()`` (LoRA r=8 attached through peft) with
 ``--dtype`` (float32 on CPU, bfloat16 on CUDA). Per batch size ``B`` it times, after
@@ -32,9 +34,10 @@ Each is loaded by ``LlavaDPOModule.configure_model()`` (LoRA r=8 attached throug
 By default ``min_new_tokens = N`` is added to the module's ``generation_kwargs`` so every row runs
 the full ``N`` tokens (a random model would otherwise stop at a random EOS and the token counts
 would not compare); ``--no-force-length`` keeps the module's own kwargs, and the token count then
-reports what was really generated. CUDA calls are synchronised around each timed call. One run;
-prints a markdown table and writes JSON (machine, settings, model shapes, results) to
-``--output``.
+reports what was really generated. CUDA calls are synchronised around each timed call; on CUDA
+each measurement also records its peak ``torch.cuda.max_memory_allocated`` (``peak_mib``, the
+model included). One run; prints a markdown table and writes JSON (machine, settings, model
+shapes, results) to ``--output``.
 """
 
 from __future__ import annotations
@@ -114,18 +117,23 @@ def llava_shaped_config() -> Any:
     return LlavaConfig(vision_config=vision, text_config=text, image_seq_length=seq)
 
 
-def pad_vocabulary(model_dir: Path, size: int) -> None:
+def pad_tokenizer(model_dir: Path, size: int) -> None:
     """Pad ``tokenizer.json``'s BPE vocabulary to ``size`` with filler entries (no merges: never
-    produced by encoding, but every id the model emits decodes), then rebuild the weights for
-    that vocabulary from the saved config."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
+    produced by encoding, but every id the model emits decodes)."""
     path = model_dir / "tokenizer.json"
     tok = json.loads(path.read_text())
     vocab = tok["model"]["vocab"]
     for i in range(len(vocab), size):
         vocab[f"w{i}"] = i
     path.write_text(json.dumps(tok))
+
+
+def pad_vocabulary(model_dir: Path, size: int) -> None:
+    """:func:`pad_tokenizer`, then rebuild the weights for that vocabulary from the saved
+    config."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    pad_tokenizer(model_dir, size)
     config = LlavaConfig.from_pretrained(model_dir)
     config.text_config.vocab_size = size
     torch.manual_seed(0)
@@ -175,6 +183,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    """Peak allocated device memory since the last reset (CUDA only), MiB."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
 def _time(step: Any, iters: int, warmup: int, device: torch.device) -> list[float]:
     for i in range(warmup):
         step(i)
@@ -202,6 +220,7 @@ def measure(
     def rollout(_: int) -> None:
         answers[:] = module.rollout(pixels, questions, max_new_tokens, use_reference=True)
 
+    _reset_peak(device)
     times = _time(rollout, iters, warmup, device)
     total = sum(times)
     tokens = iters * sum(a.num_tokens for a in answers)  # same inputs every call: greedy is fixed
@@ -211,6 +230,7 @@ def measure(
             "ms_per_batch": 1000 * total / iters, "ms_per_batch_median": 1000 * median(times),
             "tokens_per_batch": tokens / iters,
             "finished_rows_per_batch": sum(a.finished for a in answers),
+            "peak_mib": _peak_mib(device),
         }
     }  # fmt: skip
 
@@ -231,12 +251,13 @@ def measure(
         if i >= warmup:
             kept, identical = kept + stats.kept, identical + stats.identical
 
+    _reset_peak(device)
     times = _time(pairs, iters, warmup, device)
     total = sum(times)
     row["pairs"] = {
         "pairs_per_s": kept / total, "prompts_per_s": batch * iters / total,
         "ms_per_batch": 1000 * total / iters, "ms_per_batch_median": 1000 * median(times),
-        "kept": kept, "identical": identical,
+        "kept": kept, "identical": identical, "peak_mib": _peak_mib(device),
     }  # fmt: skip
     return row
 
@@ -250,25 +271,21 @@ def run_benchmark(
     device: torch.device,
     dtype: str,
     force_length: bool = True,
+    model_path: Path | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Model shapes and one result row per (model, batch size)."""
+    """Model shapes and one result row per (model, batch size); ``model_path``: load that
+    checkpoint (named ``models[0]``) instead of writing one."""
     shapes: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for name in models:
-        with tempfile.TemporaryDirectory(prefix=f"rollout-{name}-") as tmp:
-            path = write_model(name, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="rollout-") as tmp:
+            path = model_path or write_model(name, Path(tmp))
             torch.manual_seed(0)
             module = _BenchModule(str(path), lora_r=8, lora_alpha=16, torch_dtype=dtype)
             module.force_length = force_length
             module.configure_model()
             module.to(device)
-            config = module.model.config
-            base = {"tiny": TinyLlavaSpec(), "llava-shaped": LLAVA_SHAPED}[name]
-            spec = replace(base, vocab_size=config.text_config.vocab_size)
-            shapes[name] = {
-                **asdict(spec), "image_tokens": module.num_image_tokens(),
-                "parameters": sum(p.numel() for p in module.model.parameters()),
-            }  # fmt: skip
+            shapes[name] = model_shape(name, module)
             for batch in batch_sizes:
                 row = {"model": name, "batch_size": batch}
                 row |= measure(module, batch, max_new_tokens, iters, warmup)
@@ -276,6 +293,24 @@ def run_benchmark(
                 print(f"  {_cells(row)}", file=sys.stderr, flush=True)
             del module
     return shapes, rows
+
+
+def model_shape(name: str, module: LlavaDPOModule) -> dict[str, Any]:
+    """Sizes of a loaded model: its spec (a named model) or its config's (``--model-path``)."""
+    config = module.model.config
+    base = {"tiny": TinyLlavaSpec(), "llava-shaped": LLAVA_SHAPED}.get(name)
+    if base is not None:
+        spec = asdict(replace(base, vocab_size=config.text_config.vocab_size))
+    else:
+        text, vision = config.text_config, config.vision_config
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        spec = {key: getattr(text, key) for key in (*keys, "num_attention_heads")}
+        spec |= {f"vision_{key}": getattr(vision, key) for key in keys[1:]}
+        spec |= {"image_size": vision.image_size, "patch_size": vision.patch_size}
+    return {
+        **spec, "image_tokens": module.num_image_tokens(),
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+    }  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -304,6 +339,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--model-path", type=Path, help="an existing LLaVA checkpoint directory instead of --models"
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--max-new-tokens", type=int, default=32, help="rollout length N")
     parser.add_argument("--iters", type=int, default=3, help="timed calls per measurement")
@@ -331,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if args.model_path is not None:
+        args.models = [str(args.model_path)]
     settings = {
         "models": list(args.models), "batch_sizes": list(args.batch_sizes),
         "max_new_tokens": args.max_new_tokens, "iters": args.iters, "warmup": args.warmup,
@@ -348,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         device,
         dtype,
         not args.no_force_length,
+        args.model_path,
     )
     report = {
         "benchmark": "rollout",
