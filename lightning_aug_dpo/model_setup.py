@@ -53,6 +53,9 @@ class ModelSetupMixin:
             # 4-bit base (and `load_model()`'s copies, e.g. TRL's) straight onto the GPU.
             device = self.trainer.strategy.root_device if self._trainer is not None else self.device
             kwargs["device_map"] = {"": str(device)}
+        elif self._trainer is None and self.device.type != "cpu":
+            # Moved to an accelerator before configure_model(): load there, no host copy.
+            kwargs["device_map"] = {"": str(self.device)}
         return kwargs
 
     def configure_model(self) -> None:

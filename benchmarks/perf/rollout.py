@@ -283,6 +283,7 @@ def run_benchmark(
             torch.manual_seed(0)
             module = _BenchModule(str(path), lora_r=8, lora_alpha=16, torch_dtype=dtype)
             module.force_length = force_length
+            module.to(device)  # first: the weights load straight onto the device
             module.configure_model()
             module.to(device)
             shapes[name] = model_shape(name, module)
