@@ -40,9 +40,13 @@ from lightning_aug_dpo.losses import (
     SimPOLoss,
 )
 from lightning_aug_dpo.models import (
+    InternVLDPOModule,
     LlavaDPOModule,
+    LlavaNextDPOModule,
     Qwen2VLDPOModule,
+    write_tiny_internvl,
     write_tiny_llava,
+    write_tiny_llava_next,
     write_tiny_qwen2_vl,
 )
 from lightning_aug_dpo.module import AugDPOModule
@@ -72,9 +76,11 @@ __all__ = [
     "IPOLoss",
     "Identity",
     "ImagePreprocessor",
+    "InternVLDPOModule",
     "KorniaAugmentation",
     "LLaVABenchCallback",
     "LlavaDPOModule",
+    "LlavaNextDPOModule",
     "MMVetCallback",
     "POPECallback",
     "PairGalleryCallback",
@@ -96,6 +102,8 @@ __all__ = [
     "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
+    "write_tiny_internvl",
     "write_tiny_llava",
+    "write_tiny_llava_next",
     "write_tiny_qwen2_vl",
 ]

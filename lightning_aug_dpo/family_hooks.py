@@ -131,6 +131,19 @@ class FamilyHooks:
         does not split its vision tower out, and each forward encodes its own images."""
         return None
 
+    def position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """The positions the model itself gives the real tokens of right-padded rows
+        ``[prompt | text]`` (``attention_mask``: 1 on real tokens), shape ``(..., B, L)``.
+
+        Prefix sharing (``share_prompt``) takes them for a packed row and shifts each
+        response's back to where it starts in its plain row, so the rule must number text after
+        the prompt consecutively. Default: ``0, 1, 2, ...`` (1-D RoPE, learned positions);
+        families with multimodal positions (Qwen2-VL's M-RoPE) override.
+        """
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
     def forward_logits(
         self,
         input_ids: torch.Tensor,
@@ -138,14 +151,19 @@ class FamilyHooks:
         pixel_values: torch.Tensor,
         logits_to_keep: int = 0,
         vision_features: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the active model (policy, or the reference inside ``reference_context``)
         for the last ``logits_to_keep`` positions (0: all). ``vision_features`` is what
-        :meth:`encode_images` returned for these rows' images, when it returned something."""
+        :meth:`encode_images` returned for these rows' images, when it returned something.
+        ``attention_mask`` is the 2-D padding mask, or with ``position_ids`` (from
+        :meth:`position_ids`) a packed row's additive ``(B, 1, L, L)`` block mask."""
+        positions = {} if position_ids is None else {"position_ids": position_ids}
         return self.active_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=False,
             logits_to_keep=logits_to_keep,
+            **positions,
             **self.vision_inputs(pixel_values, input_ids),
         ).logits

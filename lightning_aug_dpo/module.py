@@ -83,6 +83,10 @@ class AugDPOModule(
             in every forward (chosen and rejected, policy and reference); the projector, which
             SeVa trains, still runs per forward. Exact; only families that implement
             ``encode_images`` (LLaVA) use it.
+        share_prompt: score a pair's chosen and rejected answers in ONE packed row
+            ``[prompt | chosen | rejected]`` (a block attention mask keeps the answers apart,
+            positions restart after the prompt), so each prompt is computed once per forward,
+            policy and reference. Exact. ``false``: one row per answer, as TRL does.
         response_logits_only: compute the LM head (and the fp32 log-softmax) only from the
             first response position on, not over the image and prompt tokens. Exact.
         reuse_rollout_reference_logps: with reference rollouts (``data.rollout_model:
@@ -134,6 +138,7 @@ class AugDPOModule(
         init_adapter: str | None = None,
         reference: Literal["base", "separate"] = "base",
         reuse_image_features: bool = True,
+        share_prompt: bool = True,
         response_logits_only: bool = True,
         reuse_rollout_reference_logps: bool = False,
         export_merged: bool = False,

@@ -134,6 +134,17 @@ def mirror_trl_dpo_trainer(
         activation_checkpointing=checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         disable_dropout=False,
+        # TRL's defaults, stated (benchmarks/perf/dpo_step.py records them with the reasons):
+        # padding_free is disabled in TRL 1.16 (it warns and pads); precompute_ref_log_probs is
+        # refused for vision datasets; the rest would change what is computed or how.
+        padding_free=False,
+        pad_to_multiple_of=None,
+        precompute_ref_log_probs=False,
+        use_weighting=False,
+        activation_offloading=False,
+        sync_ref_model=False,
+        use_liger_kernel=False,
+        torch_compile=False,
         learning_rate=learning_rate,
         weight_decay=0.0,
         optim=optim,

@@ -58,6 +58,29 @@ def make_module(tiny_llava_dir: Path):
     return build
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lightning_aug_dpo.models.tiny_qwen2_vl import write_tiny_qwen2_vl
+
+    return write_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture
+def make_qwen(tiny_qwen2_vl_dir: Path):
+    """Build and configure a ``Qwen2VLDPOModule`` on the tiny checkpoint (float32, CPU)."""
+    from lightning_aug_dpo import Qwen2VLDPOModule
+
+    def build(**kwargs) -> Qwen2VLDPOModule:
+        kwargs.setdefault("lora_r", 8)
+        kwargs.setdefault("lora_alpha", 16)
+        torch.manual_seed(0)
+        module = Qwen2VLDPOModule(model_name_or_path=str(tiny_qwen2_vl_dir), **kwargs)
+        module.configure_model()
+        return module
+
+    return build
+
+
 def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:
     """Non-square uint8 RGB images of varying size."""
     g = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from lightning_aug_dpo import (
 QUESTIONS = ["What color is the circle?", "How many shapes?", "Describe it."]
 CHOSEN = ["It is red.", "There are three shapes here.", "A red circle on grey."]
 REJECTED = ["Blue.", "Two.", "Nothing at all is in this picture, it is empty."]
-PLAIN = {"reuse_image_features": False, "response_logits_only": False}
+PLAIN = {"reuse_image_features": False, "response_logits_only": False, "share_prompt": False}
 
 
 def perturb(module, seed: int = 1) -> None:
@@ -59,6 +59,7 @@ def assert_same(a, b, atol: float = 1e-5) -> None:
 @pytest.mark.parametrize(
     "switches",
     [
+        {"share_prompt": True, "reuse_image_features": False, "response_logits_only": False},
         {"reuse_image_features": True, "response_logits_only": False},
         {"reuse_image_features": False, "response_logits_only": True},
         {"reuse_image_features": True, "response_logits_only": True},
@@ -219,12 +220,16 @@ def test_reference_logps_from_the_rollout_equal_a_reference_forward(make_module,
     torch.testing.assert_close(batch.reference_chosen_logps, forward, atol=1e-4, rtol=1e-5)
 
     perturb(module)
-    rows: list[int] = []
+    shapes: list[tuple[int, int]] = []
     module.model.get_base_model().lm_head.register_forward_hook(
-        lambda m, args, out: rows.append(out.shape[0])
+        lambda m, args, out: shapes.append(tuple(out.shape[:2]))
     )
     reused = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
-    assert rows == [8, 4]  # policy: chosen + rejected; reference: rejected only
+    # policy: one row [prompt | chosen | rejected] per pair; reference: [prompt | rejected]
+    (policy_rows, policy_positions), (reference_rows, reference_positions) = shapes
+    assert policy_rows == reference_rows == 4
+    longest_chosen = int(batch.chosen_attention_mask.sum(1).max())
+    assert reference_positions <= policy_positions - longest_chosen + 1
     batch.reference_chosen_logps = None
     computed = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
     for key in computed:

@@ -37,7 +37,11 @@ def test_separate_4bit_reference_and_switches_on_cuda(make_module, tmp_path) -> 
     common = {"load_in_4bit": True, "torch_dtype": "bfloat16", "init_adapter": adapter}
     fast = make_module(reference="separate", **common).cuda()
     plain = make_module(
-        reference="separate", reuse_image_features=False, response_logits_only=False, **common
+        reference="separate",
+        reuse_image_features=False,
+        response_logits_only=False,
+        share_prompt=False,
+        **common,
     ).cuda()
     batch = make_batch(fast, ["What color?", "How many?"], ["red", "two"], ["blue", "one"])
     loss, _ = fast.preference_step(batch)

@@ -36,24 +36,6 @@ CHOSEN = ["The circle is red.", "There are three shapes.", "Yes, on the left."]
 REJECTED = ["The circle is blue.", "There are two shapes.", "No."]
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
-
-
-@pytest.fixture
-def make_qwen(tiny_qwen2_vl_dir: Path):
-    def build(**kwargs) -> Qwen2VLDPOModule:
-        kwargs.setdefault("lora_r", 8)
-        kwargs.setdefault("lora_alpha", 16)
-        torch.manual_seed(0)
-        module = Qwen2VLDPOModule(model_name_or_path=str(tiny_qwen2_vl_dir), **kwargs)
-        module.configure_model()
-        return module
-
-    return build
-
-
 def official_processor(path: Path):
     """Qwen2-VL's own processor. ``AutoProcessor`` needs torchvision (transformers also builds
     a video processor); without it, the same class over the checkpoint's tokenizer and image

@@ -11,6 +11,9 @@ Models (random weights, written to a temporary directory, nothing downloaded):
   336 px / patch 14 = 576 image tokens, a 32000-entry vocabulary (the tiny BPE tokenizer padded
   with decodable filler entries) and the 2-layer GELU projector; width and depth scaled down for
   a CPU (text 256 wide, 4 layers, 2 heads of 128 as LLaVA's; vision 128 wide, 2 layers).
+* ``body-heavy`` (opt-in, ``--models body-heavy``; made for the DPO step benchmark): the same
+  576 image tokens and vision tower, text 512 wide x 8 layers (4 heads of 128, MLP 1376) and a
+  2048-entry vocabulary, so that the transformer body costs >= 20x the LM head per token.
 * ``--model-path DIR`` instead: any LLaVA checkpoint directory, e.g. the 7B-shaped one of
   ``benchmarks/perf/shaped_llava.py`` (``make gpu-check`` runs it at batch 8 / 16 / 32).
 
@@ -66,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment import machine_info  # beside this script
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "rollout.json"
-MODELS = ("tiny", "llava-shaped")
+MODELS = ("tiny", "llava-shaped")  # the default run; ALL_MODELS adds the opt-in shapes
+ALL_MODELS = (*MODELS, "body-heavy")
 LLAVA_VOCAB = 32000
 # LLaVA-1.5-7B: CLIP-L/14 at 336 px (1024 wide, 24 layers), vicuna-7B (4096 wide, 32 layers,
 # 32 heads of 128). Kept: image size, patch, vocab, head size; scaled: widths and depths.
@@ -85,6 +89,28 @@ LLAVA_SHAPED = TinyLlavaSpec(
     patch_size=14,
     max_position_embeddings=2048,
 )
+# The DPO step benchmark's body-heavy shape: LLaVA's 576 image tokens (CLIP 336 px / patch 14),
+# the same small vision tower, and a text model whose transformer body costs >= 20x its LM head
+# per token, as at 7B (~49x there): linear-layer FLOPs L * (4 h^2 + 3 h i) against h * V,
+# 8 * (4 * 512 + 3 * 1376) / 2048 = 24.1 (benchmarks/perf/dpo_step.py computes and reports it).
+BODY_HEAVY_VOCAB = 2048
+BODY_HEAVY = TinyLlavaSpec(
+    vocab_size=512,  # the trained BPE part; padded to BODY_HEAVY_VOCAB by pad_vocabulary()
+    hidden_size=512,
+    intermediate_size=1376,  # LLaVA-7B's MLP ratio 11008 / 4096 at width 512
+    num_hidden_layers=8,
+    num_attention_heads=4,  # 4 heads of 128, as LLaVA's
+    num_key_value_heads=4,
+    vision_hidden_size=128,
+    vision_intermediate_size=512,
+    vision_layers=2,
+    vision_heads=2,
+    image_size=336,
+    patch_size=14,
+    max_position_embeddings=2048,
+)
+SPECS = {"llava-shaped": LLAVA_SHAPED, "body-heavy": BODY_HEAVY}  # tiny: TinyLlavaSpec()
+VOCABS = {"llava-shaped": LLAVA_VOCAB, "body-heavy": BODY_HEAVY_VOCAB}  # after pad_vocabulary
 QUESTIONS = (
     "What is the color of the object in the middle?",
     "Describe the image in detail.",
@@ -94,16 +120,16 @@ QUESTIONS = (
     "Provide a short caption for this photo.",
 )
 
-__all__ = ["llava_shaped_config", "main", "run_benchmark", "write_model"]
+__all__ = ["ALL_MODELS", "llava_shaped_config", "main", "run_benchmark", "write_model"]
 
 
-def llava_shaped_config() -> Any:
-    """The ``LlavaConfig`` of the llava-shaped model (cheap: builds no weights)."""
+def llava_shaped_config(name: str = "llava-shaped") -> Any:
+    """The ``LlavaConfig`` of the llava-shaped (or body-heavy) model (cheap: builds no weights)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    s = LLAVA_SHAPED
+    s = SPECS[name]
     text = LlamaConfig(
-        vocab_size=LLAVA_VOCAB, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+        vocab_size=VOCABS[name], hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
         num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
         num_key_value_heads=s.num_key_value_heads,
         max_position_embeddings=s.max_position_embeddings,
@@ -147,11 +173,11 @@ def write_model(name: str, out_dir: Path) -> Path:
     """Write checkpoint ``name`` (see module docstring) to ``out_dir``."""
     if name == "tiny":
         return write_tiny_llava(out_dir)
-    if name == "llava-shaped":
-        write_tiny_llava(out_dir, LLAVA_SHAPED)
-        pad_vocabulary(out_dir, LLAVA_VOCAB)
+    if name in SPECS:
+        write_tiny_llava(out_dir, SPECS[name])
+        pad_vocabulary(out_dir, VOCABS[name])
         return out_dir
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
 
 
 class _BenchModule(LlavaDPOModule):
@@ -299,7 +325,7 @@ def run_benchmark(
 def model_shape(name: str, module: LlavaDPOModule) -> dict[str, Any]:
     """Sizes of a loaded model: its spec (a named model) or its config's (``--model-path``)."""
     config = module.model.config
-    base = {"tiny": TinyLlavaSpec(), "llava-shaped": LLAVA_SHAPED}.get(name)
+    base = SPECS.get(name, TinyLlavaSpec() if name == "tiny" else None)
     if base is not None:
         spec = asdict(replace(base, vocab_size=config.text_config.vocab_size))
     else:
@@ -339,7 +365,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=ALL_MODELS)
     parser.add_argument(
         "--model-path", type=Path, help="an existing LLaVA checkpoint directory instead of --models"
     )

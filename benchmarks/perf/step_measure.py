@@ -1,4 +1,5 @@
-"""Measuring one training step: its peak memory, and the share of TRL's fused LM head in it.
+"""Measuring one training step: its peak memory, the share of TRL's fused LM head in it, the
+tokens its forwards compute, and a model's body-to-LM-head FLOPs per token.
 
 Helpers of ``benchmarks/perf/dpo_step.py`` (see its docstring for how the numbers are used).
 """
@@ -117,3 +118,111 @@ def trl_fused_head_timer(enabled: bool) -> Iterator[list[float] | None]:
     finally:
         for name, original in originals.items():
             setattr(head, name, original)
+
+
+class ForwardCounter:
+    """Rows and width of every forward through a model's text decoder and its vision tower.
+
+    Forward pre-hooks on the language model (the transformer body, whatever calls it: this
+    project's ``forward_logits`` with ``inputs_embeds``, TRL's fused forward through the
+    multimodal model) and on the vision tower record ``(policy, rows, width)``: ``policy`` is
+    ``torch.is_grad_enabled()`` (both sides run the reference under ``no_grad``), ``rows x
+    width`` the positions the body computes, padding included. :meth:`take` returns and clears.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder = base.get_decoder()
+        self.tower = base.model.vision_tower
+        self.text: list[tuple[bool, int, int]] = []
+        self.images: list[tuple[bool, int]] = []
+        self.handles = [
+            self.decoder.register_forward_pre_hook(self._on_text, with_kwargs=True),
+            self.tower.register_forward_pre_hook(self._on_images, with_kwargs=True),
+        ]
+
+    @staticmethod
+    def _first(args: tuple, kwargs: dict, *names: str) -> torch.Tensor:
+        for name in names:
+            if kwargs.get(name) is not None:
+                return kwargs[name]
+        return args[0]
+
+    def _on_text(self, _: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = self._first(args, kwargs, "inputs_embeds", "input_ids")
+        self.text.append((torch.is_grad_enabled(), int(x.shape[0]), int(x.shape[1])))
+
+    def _on_images(self, _: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = self._first(args, kwargs, "pixel_values")
+        self.images.append((torch.is_grad_enabled(), int(x.shape[0])))
+
+    def take(self, pairs: int) -> dict[str, Any]:
+        """Per forward and per pair (policy, reference) since the last call; then clears."""
+        text, images = self.text, self.images
+        self.text, self.images = [], []
+
+        def per_pair(policy: bool) -> float:
+            return sum(r * w for p, r, w in text if p == policy) / pairs
+
+        return {
+            "forwards": [{"policy": p, "rows": r, "width": w} for p, r, w in text],
+            "policy_tokens_per_pair": per_pair(True),
+            "reference_tokens_per_pair": per_pair(False),
+            "images_encoded_per_pair": sum(n for _, n in images) / pairs,
+        }
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+FLOPS_FORMULA = (
+    "per token, linear layers only, 2 FLOPs per multiply-add: body = 2 L (2 h d_q + 2 h d_kv "
+    "+ 3 h i) with d_q = heads x head_dim, d_kv = kv_heads x head_dim (q, o; k, v; gate, up, "
+    "down); LM head = 2 h V; attention scores and values, norms and activations are not "
+    "counted (they only add to the body)"
+)
+
+
+def flops_per_token(text_config: Any) -> dict[str, Any]:
+    """Transformer-body and LM-head FLOPs per token of a Llama-style text config, and their
+    ratio (:data:`FLOPS_FORMULA`). LLaVA-1.5-7B (vicuna-7B): 49.4."""
+    h, i, layers = (
+        text_config.hidden_size,
+        text_config.intermediate_size,
+        text_config.num_hidden_layers,
+    )
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or h // heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    body = 2 * layers * (2 * h * heads * head_dim + 2 * h * kv_heads * head_dim + 3 * h * i)
+    head = 2 * h * text_config.vocab_size
+    return {
+        "body": body,
+        "lm_head": head,
+        "body_to_head_ratio": body / head,
+        "formula": FLOPS_FORMULA,
+    }
+
+
+@contextmanager
+def trl_compact_head(enabled: bool) -> Iterator[bool]:
+    """TRL's fused LM head scoring only completion positions on CPU, as it does on a GPU.
+
+    TRL 1.16 (``trl.trainer.utils.add_fused_lm_head``) projects only the positions with a
+    label when ``_use_triton(device)``, i.e. on CUDA / XPU with Triton; elsewhere every
+    position, image tokens included. This makes that one decision answer yes (the kernel keeps
+    its torch fallback), so a CPU run compares against the code path TRL takes on a GPU.
+    Yields whether it patched (a no-op where TRL compacts anyway).
+    """
+    if not enabled:
+        yield False
+        return
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton = original

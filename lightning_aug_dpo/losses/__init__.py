@@ -35,6 +35,11 @@ from lightning_aug_dpo.losses.logprobs import (
 from lightning_aug_dpo.losses.margin import HingeLoss, IPOLoss
 from lightning_aug_dpo.losses.mdpo import ChosenAnchorLoss, ConditionalPreferenceLoss
 from lightning_aug_dpo.losses.sft import RPOLoss, SFTLoss
+from lightning_aug_dpo.losses.shared_prompt import (
+    PackedRows,
+    pack_shared_prompt,
+    shared_prompt_logprobs,
+)
 from lightning_aug_dpo.losses.simpo import SimPOLoss
 from lightning_aug_dpo.losses.token_nll import IGNORE_INDEX, token_nll
 
@@ -46,6 +51,7 @@ __all__ = [
     "ConditionalPreferenceLoss",
     "HingeLoss",
     "IPOLoss",
+    "PackedRows",
     "PreferenceInputs",
     "PreferenceLoss",
     "PreferenceLossOutput",
@@ -55,7 +61,9 @@ __all__ = [
     "SigmoidDPOLoss",
     "SimPOLoss",
     "concat_prompt_response",
+    "pack_shared_prompt",
     "response_logits_to_keep",
     "sequence_logprobs",
+    "shared_prompt_logprobs",
     "token_nll",
 ]

@@ -69,9 +69,12 @@ class LlavaDPOModule(AugDPOModule):
         pixel_values: torch.Tensor,
         logits_to_keep: int = 0,
         vision_features: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if vision_features is None:
-            return super().forward_logits(input_ids, attention_mask, pixel_values, logits_to_keep)
+            return super().forward_logits(
+                input_ids, attention_mask, pixel_values, logits_to_keep, position_ids=position_ids
+            )
         model = self.active_model
         # The active model's projector: the trained copy for the policy, the original with
         # adapters disabled (PEFT's modules_to_save) or in a separate reference.
@@ -87,6 +90,7 @@ class LlavaDPOModule(AugDPOModule):
         return model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             use_cache=False,
             logits_to_keep=logits_to_keep,
         ).logits

@@ -10,7 +10,9 @@ What differs from LLaVA-1.5, and where each difference is handled (hooks of
   it, and :meth:`vision_inputs` cuts the batch into the model's patch layout, exactly as
   Qwen2-VL's own image processor does for an image of that size.
 * **Positions.** M-RoPE gives image tokens 2-D positions; the model finds them through
-  ``mm_token_type_ids`` (1 on image tokens), also built in :meth:`vision_inputs`.
+  ``mm_token_type_ids`` (1 on image tokens), also built in :meth:`vision_inputs`. For prefix
+  sharing, :meth:`position_ids` asks the model's own ``get_rope_index`` for a packed row's
+  ``(3, B, L)`` ids (text after the image is numbered on consecutively, as the hook requires).
 * **Image tokens.** ``<|image_pad|>`` expands to ``(image_size / 28)**2`` tokens (one per 2x2 group
   of patches), between ``<|vision_start|>`` and ``<|vision_end|>``.
 * **Prompt format.** ChatML: no BOS, the answer follows ``<|im_start|>assistant\\n`` without a
@@ -226,3 +228,21 @@ class Qwen2VLDPOModule(AugDPOModule):
             "image_grid_thw": grid,
             "mm_token_type_ids": (input_ids == self.image_token_id()).long(),
         }
+
+    def position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """M-RoPE ids ``(3, B, L)`` from the model's own ``get_rope_index`` (what its forward
+        computes when given no positions), for one ``(H, W)`` image per row."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        rows, (h, w) = len(pixel_values), pixel_values.shape[-2:]
+        grid = torch.tensor(
+            [1, h // self.patch_size, w // self.patch_size], device=input_ids.device
+        )
+        positions, _ = base.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=(input_ids == self.image_token_id()).long(),
+            image_grid_thw=grid.repeat(rows, 1),
+            attention_mask=attention_mask,
+        )
+        return positions
