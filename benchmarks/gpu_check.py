@@ -764,6 +764,14 @@ def run_stages(stages: list[Stage], ctx: dict[str, Any], start_time: float, end_
         deadlines[stage.name] = start_time + scale * cumulative
     pending = list(stages)
     running: dict[str, tuple[Stage, subprocess.Popen, Any, float, float]] = {}
+    try:
+        _schedule(pending, running, deadlines, scale, ctx)
+    finally:  # interrupted: no stage may outlive the check (each runs in its own session)
+        for stage, proc, handle, started, _ in running.values():
+            finish(stage, proc, handle, started, proc.poll() is None)
+
+
+def _schedule(pending, running, deadlines, scale, ctx) -> None:
     while pending or running:
         for stage in list(pending):
             if len(running) >= ctx["jobs"]:
@@ -1256,7 +1264,12 @@ def _tail(path: Path | None, chars: int = 4000) -> str:
     return text[-chars:]
 
 
-def write_outputs(report: dict[str, Any], stages: list[Stage], out_dir: Path) -> None:
+def write_outputs(
+    report: dict[str, Any], stages: list[Stage], out_dir: Path, started: float | None = None
+) -> None:
+    """``gpu_check.json``, ``.md`` and ``.log`` into ``out_dir`` (``started``: set wall_s)."""
+    if started is not None:
+        report["wall_s"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     try:
@@ -1317,6 +1330,9 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_check_smoke" if args.smoke else "gpu_check"
     )
     selected = [n for n in (args.stages or STAGE_NAMES) if n not in args.skip]
+    wants_checkpoint = any(s.needs_checkpoint for s in make_stages() if s.name in selected)
+    if wants_checkpoint and "checkpoint" not in selected and "checkpoint" not in args.skip:
+        selected.append("checkpoint")  # the 7B stages need it; make_stages() orders them
     report: dict[str, Any] = {
         "benchmark": "gpu_check",
         "smoke": args.smoke,
@@ -1379,13 +1395,11 @@ def main(argv: list[str] | None = None) -> int:
         message = needs_message(needs["problems"], args.site, wheels, args.wheels)
         print(message, file=sys.stderr)
         report["status"], report["error"] = "needs_missing", message
-        report["wall_s"] = time.perf_counter() - started
-        write_outputs(report, [], out_dir)
+        write_outputs(report, [], out_dir, started)
         return 2
     if args.needs_only:
         report["status"], report["pythonpath"] = "needs_ok", env["PYTHONPATH"]
-        report["wall_s"] = time.perf_counter() - started
-        write_outputs(report, [], out_dir)
+        write_outputs(report, [], out_dir, started)
         print(f"[gpu-check] needs met: {out_dir / 'gpu_check.json'}")
         return 0
 
@@ -1409,7 +1423,7 @@ def main(argv: list[str] | None = None) -> int:
     if info is None:
         print(f"gpu-check: the environment probe failed:\n{probe_error}", file=sys.stderr)
         report["status"], report["error"] = "probe_failed", probe_error
-        write_outputs(report, [], out_dir)
+        write_outputs(report, [], out_dir, started)
         return 2
     report["machine"] = info
     broken = {k: v for k, v in info["imports"].items() if str(v).startswith("FAILED")}
@@ -1432,14 +1446,14 @@ def main(argv: list[str] | None = None) -> int:
         report["import_problems"] = message
         if fatal:
             report["status"], report["error"] = "imports_failed", message
-            write_outputs(report, [], out_dir)
+            write_outputs(report, [], out_dir, started)
             return 2
     device = "cpu" if args.smoke else "cuda"
     if not args.smoke and not info["cuda"]:
         message = "gpu-check: no CUDA device visible to torch; run with --smoke for the CPU path"
         print(message, file=sys.stderr)
         report["status"], report["error"] = "no_cuda", message
-        write_outputs(report, [], out_dir)
+        write_outputs(report, [], out_dir, started)
         return 2
 
     nf4 = info.get("nf4_cuda")
