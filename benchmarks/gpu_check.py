@@ -431,8 +431,9 @@ def memory_plan(
     8-bit absmax per 64 + fp32 per 256 absmax with double quantisation = 0.516 B/param) or
     ``torch_dtype``; embeddings, LM head, norms, vision tower and projector in ``torch_dtype``.
     Trainable (fp32): weight, gradient and AdamW's two states = 16 B/param; AdamW (foreach) makes
-    one more fp32 copy while it steps. Activations of the policy forward (``2B`` sequences of
-    prompt + answer; the plain path, one row per answer), bf16: with gradient checkpointing every
+    one more fp32 copy while it steps. Activations of the policy forward, bf16, over its tokens:
+    ``B (prompt + 2 answer)`` with ``share_prompt`` (the module's default: one packed row per
+    pair), ``2B (prompt + answer)`` without (one row per answer); with gradient checkpointing every
     layer's input (2h B/token) plus one layer recomputed in the backward (~26h + 8i bytes/token
     for a Llama layer with SDPA, plus 2(6h + i) + 14r for LoRA's inputs and rank-r
     intermediates); without, every layer's. LM head from the first answer position: bf16
@@ -465,7 +466,11 @@ def memory_plan(
     states = 16 * trainable["total"]
     optimizer_temp = 4 * trainable["total"]
     rows = 2 * batch_size
-    tokens = rows * (prompt_tokens + response_tokens)
+    share_prompt = model_args.get("share_prompt", True)
+    if share_prompt:
+        tokens = batch_size * (prompt_tokens + 2 * response_tokens)
+    else:
+        tokens = rows * (prompt_tokens + response_tokens)
     r = int(model_args.get("lora_r", 16))
     layer = tokens * ((26 * h + 8 * inter) + 2 * (6 * h + inter) + 14 * r)
     if model_args.get("gradient_checkpointing"):
@@ -500,6 +505,7 @@ def memory_plan(
             "gradient_checkpointing": bool(model_args.get("gradient_checkpointing")),
             "load_in_4bit": bool(model_args.get("load_in_4bit")),
             "lora_r": r,
+            "share_prompt": bool(share_prompt),
         },
     }
 
