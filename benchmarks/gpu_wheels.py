@@ -29,9 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIST = Path(__file__).resolve().parent / "gpu_wheels.txt"
-PLATFORMS = [
-    f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)
-] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
+GLIBC = (17, 24, 27, 28, 31, 34, 35)
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in GLIBC] + [
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 BNB_KEEP = ("cpu", "cuda130", "cuda132")
 BNB_LIB = re.compile(r"bitsandbytes/libbitsandbytes_([a-z0-9]+)\.(so|dll|dylib)$")
 
