@@ -40,14 +40,18 @@ from lightning_aug_dpo.losses import (
     SimPOLoss,
 )
 from lightning_aug_dpo.models import (
+    Gemma3DPOModule,
     InternVLDPOModule,
     LlavaDPOModule,
     LlavaNextDPOModule,
     Qwen2VLDPOModule,
+    SmolVLMDPOModule,
+    write_tiny_gemma3,
     write_tiny_internvl,
     write_tiny_llava,
     write_tiny_llava_next,
     write_tiny_qwen2_vl,
+    write_tiny_smolvlm,
 )
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.schedules import WarmupCosineSchedule
@@ -72,6 +76,7 @@ __all__ = [
     "ConditionalPreferenceLoss",
     "ConversationBatch",
     "DiffusionNoise",
+    "Gemma3DPOModule",
     "HingeLoss",
     "IPOLoss",
     "Identity",
@@ -99,11 +104,14 @@ __all__ = [
     "SFTLoss",
     "SigmoidDPOLoss",
     "SimPOLoss",
+    "SmolVLMDPOModule",
     "ToyWorldCallback",
     "WarmupCosineSchedule",
     "replay",
+    "write_tiny_gemma3",
     "write_tiny_internvl",
     "write_tiny_llava",
     "write_tiny_llava_next",
     "write_tiny_qwen2_vl",
+    "write_tiny_smolvlm",
 ]

@@ -109,13 +109,14 @@ class DPOStepMixin:
             )
         packed = pack_shared_prompt(prompt_ids, prompt_mask, slots, self.tokenizer.pad_token_id)
         positions = self.position_ids(packed.input_ids, packed.attention_mask, images)
+        positions = positions - packed.position_shift
         logits = self.forward_logits(
             packed.input_ids,
-            packed.attention_bias(self.compute_dtype),
+            self.packed_attention_mask(packed, positions),
             images,
             logits_to_keep=packed.logits_to_keep if self.hparams.response_logits_only else 0,
             vision_features=features,
-            position_ids=positions - packed.position_shift,
+            position_ids=positions,
         )
         return shared_prompt_logprobs(logits, packed)
 

@@ -6,12 +6,15 @@ what their family needs, and nothing else in the library special-cases a family.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lightning_aug_dpo.augment import ImagePreprocessor
+
+if TYPE_CHECKING:
+    from lightning_aug_dpo.losses.shared_prompt import PackedRows
 
 
 class FamilyHooks:
@@ -144,6 +147,21 @@ class FamilyHooks:
         """
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    def packed_attention_mask(
+        self, packed: PackedRows, position_ids: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The ``attention_mask`` a packed row ``[prompt | response 1 | ...]`` is scored with
+        (prefix sharing); ``position_ids`` are the positions the model gets (each response's
+        as in its plain row). It must let every token see what it sees in its plain row.
+
+        Default: :meth:`PackedRows.attention_bias`, the causal block mask ``(R, 1, L, L)``.
+        Override where the model's own mask over a plain row is not causal, since
+        transformers uses a 4-D mask as given: image tokens that attend to each other
+        bidirectionally, sliding-window layers (then return ``{layer_type: mask}``, the mask
+        mapping transformers' hybrid models accept in place of one mask).
+        """
+        return packed.attention_bias(self.compute_dtype)
+
     def forward_logits(
         self,
         input_ids: torch.Tensor,
@@ -157,7 +175,7 @@ class FamilyHooks:
         for the last ``logits_to_keep`` positions (0: all). ``vision_features`` is what
         :meth:`encode_images` returned for these rows' images, when it returned something.
         ``attention_mask`` is the 2-D padding mask, or with ``position_ids`` (from
-        :meth:`position_ids`) a packed row's additive ``(B, 1, L, L)`` block mask."""
+        :meth:`position_ids`) a packed row's mask from :meth:`packed_attention_mask`."""
         positions = {} if position_ids is None else {"position_ids": position_ids}
         return self.active_model(
             input_ids=input_ids,
