@@ -47,9 +47,15 @@ class ModelSetupMixin:
                 bnb_4bit_compute_dtype=self.compute_dtype,
                 llm_int8_skip_modules=self.quantization_skip_modules(),
             )
-            # Quantise straight onto the training device instead of moving packed weights later.
-            device = self.trainer.strategy.root_device if self._trainer is not None else "cpu"
+            # Quantise straight onto the training device instead of moving packed weights later
+            # (on CPU, bitsandbytes takes minutes to quantise a 7B model). Without a Trainer:
+            # the module's device, so `module.to("cuda")` BEFORE `configure_model()` loads the
+            # 4-bit base (and `load_model()`'s copies, e.g. TRL's) straight onto the GPU.
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
             kwargs["device_map"] = {"": str(device)}
+        elif self._trainer is None and self.device.type != "cpu":
+            # Moved to an accelerator before configure_model(): load there, no host copy.
+            kwargs["device_map"] = {"": str(self.device)}
         return kwargs
 
     def configure_model(self) -> None:

@@ -14,6 +14,8 @@ Models (random weights, written to a temporary directory, nothing downloaded):
 * ``body-heavy`` (opt-in, ``--models body-heavy``; made for the DPO step benchmark): the same
   576 image tokens and vision tower, text 512 wide x 8 layers (4 heads of 128, MLP 1376) and a
   2048-entry vocabulary, so that the transformer body costs >= 20x the LM head per token.
+* ``--model-path DIR`` instead: any LLaVA checkpoint directory, e.g. the 7B-shaped one of
+  ``benchmarks/perf/shaped_llava.py`` (``make gpu-check`` runs it at batch 8 / 16 / 32).
 
 Each is loaded by ``LlavaDPOModule.configure_model()`` (LoRA r=8 attached through peft) with
 ``--dtype`` (float32 on CPU, bfloat16 on CUDA). Per batch size ``B`` it times, after
@@ -35,9 +37,10 @@ Each is loaded by ``LlavaDPOModule.configure_model()`` (LoRA r=8 attached throug
 By default ``min_new_tokens = N`` is added to the module's ``generation_kwargs`` so every row runs
 the full ``N`` tokens (a random model would otherwise stop at a random EOS and the token counts
 would not compare); ``--no-force-length`` keeps the module's own kwargs, and the token count then
-reports what was really generated. CUDA calls are synchronised around each timed call. One run;
-prints a markdown table and writes JSON (machine, settings, model shapes, results) to
-``--output``.
+reports what was really generated. CUDA calls are synchronised around each timed call; on CUDA
+each measurement also records its peak ``torch.cuda.max_memory_allocated`` (``peak_mib``, the
+model included). One run; prints a markdown table and writes JSON (machine, settings, model
+shapes, results) to ``--output``.
 """
 
 from __future__ import annotations
@@ -140,18 +143,23 @@ def llava_shaped_config(name: str = "llava-shaped") -> Any:
     return LlavaConfig(vision_config=vision, text_config=text, image_seq_length=seq)
 
 
-def pad_vocabulary(model_dir: Path, size: int) -> None:
+def pad_tokenizer(model_dir: Path, size: int) -> None:
     """Pad ``tokenizer.json``'s BPE vocabulary to ``size`` with filler entries (no merges: never
-    produced by encoding, but every id the model emits decodes), then rebuild the weights for
-    that vocabulary from the saved config."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
+    produced by encoding, but every id the model emits decodes)."""
     path = model_dir / "tokenizer.json"
     tok = json.loads(path.read_text())
     vocab = tok["model"]["vocab"]
     for i in range(len(vocab), size):
         vocab[f"w{i}"] = i
     path.write_text(json.dumps(tok))
+
+
+def pad_vocabulary(model_dir: Path, size: int) -> None:
+    """:func:`pad_tokenizer`, then rebuild the weights for that vocabulary from the saved
+    config."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    pad_tokenizer(model_dir, size)
     config = LlavaConfig.from_pretrained(model_dir)
     config.text_config.vocab_size = size
     torch.manual_seed(0)
@@ -201,6 +209,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    """Peak allocated device memory since the last reset (CUDA only), MiB."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
 def _time(step: Any, iters: int, warmup: int, device: torch.device) -> list[float]:
     for i in range(warmup):
         step(i)
@@ -228,6 +246,7 @@ def measure(
     def rollout(_: int) -> None:
         answers[:] = module.rollout(pixels, questions, max_new_tokens, use_reference=True)
 
+    _reset_peak(device)
     times = _time(rollout, iters, warmup, device)
     total = sum(times)
     tokens = iters * sum(a.num_tokens for a in answers)  # same inputs every call: greedy is fixed
@@ -237,6 +256,7 @@ def measure(
             "ms_per_batch": 1000 * total / iters, "ms_per_batch_median": 1000 * median(times),
             "tokens_per_batch": tokens / iters,
             "finished_rows_per_batch": sum(a.finished for a in answers),
+            "peak_mib": _peak_mib(device),
         }
     }  # fmt: skip
 
@@ -257,12 +277,13 @@ def measure(
         if i >= warmup:
             kept, identical = kept + stats.kept, identical + stats.identical
 
+    _reset_peak(device)
     times = _time(pairs, iters, warmup, device)
     total = sum(times)
     row["pairs"] = {
         "pairs_per_s": kept / total, "prompts_per_s": batch * iters / total,
         "ms_per_batch": 1000 * total / iters, "ms_per_batch_median": 1000 * median(times),
-        "kept": kept, "identical": identical,
+        "kept": kept, "identical": identical, "peak_mib": _peak_mib(device),
     }  # fmt: skip
     return row
 
@@ -276,25 +297,22 @@ def run_benchmark(
     device: torch.device,
     dtype: str,
     force_length: bool = True,
+    model_path: Path | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Model shapes and one result row per (model, batch size)."""
+    """Model shapes and one result row per (model, batch size); ``model_path``: load that
+    checkpoint (named ``models[0]``) instead of writing one."""
     shapes: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for name in models:
-        with tempfile.TemporaryDirectory(prefix=f"rollout-{name}-") as tmp:
-            path = write_model(name, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="rollout-") as tmp:
+            path = model_path or write_model(name, Path(tmp))
             torch.manual_seed(0)
             module = _BenchModule(str(path), lora_r=8, lora_alpha=16, torch_dtype=dtype)
             module.force_length = force_length
+            module.to(device)  # first: the weights load straight onto the device
             module.configure_model()
             module.to(device)
-            config = module.model.config
-            base = SPECS.get(name, TinyLlavaSpec())
-            spec = replace(base, vocab_size=config.text_config.vocab_size)
-            shapes[name] = {
-                **asdict(spec), "image_tokens": module.num_image_tokens(),
-                "parameters": sum(p.numel() for p in module.model.parameters()),
-            }  # fmt: skip
+            shapes[name] = model_shape(name, module)
             for batch in batch_sizes:
                 row = {"model": name, "batch_size": batch}
                 row |= measure(module, batch, max_new_tokens, iters, warmup)
@@ -302,6 +320,24 @@ def run_benchmark(
                 print(f"  {_cells(row)}", file=sys.stderr, flush=True)
             del module
     return shapes, rows
+
+
+def model_shape(name: str, module: LlavaDPOModule) -> dict[str, Any]:
+    """Sizes of a loaded model: its spec (a named model) or its config's (``--model-path``)."""
+    config = module.model.config
+    base = SPECS.get(name, TinyLlavaSpec() if name == "tiny" else None)
+    if base is not None:
+        spec = asdict(replace(base, vocab_size=config.text_config.vocab_size))
+    else:
+        text, vision = config.text_config, config.vision_config
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        spec = {key: getattr(text, key) for key in (*keys, "num_attention_heads")}
+        spec |= {f"vision_{key}": getattr(vision, key) for key in keys[1:]}
+        spec |= {"image_size": vision.image_size, "patch_size": vision.patch_size}
+    return {
+        **spec, "image_tokens": module.num_image_tokens(),
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+    }  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -330,6 +366,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=ALL_MODELS)
+    parser.add_argument(
+        "--model-path", type=Path, help="an existing LLaVA checkpoint directory instead of --models"
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--max-new-tokens", type=int, default=32, help="rollout length N")
     parser.add_argument("--iters", type=int, default=3, help="timed calls per measurement")
@@ -357,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if args.model_path is not None:
+        args.models = [str(args.model_path)]
     settings = {
         "models": list(args.models), "batch_sizes": list(args.batch_sizes),
         "max_new_tokens": args.max_new_tokens, "iters": args.iters, "warmup": args.warmup,
@@ -374,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         device,
         dtype,
         not args.no_force_length,
+        args.model_path,
     )
     report = {
         "benchmark": "rollout",

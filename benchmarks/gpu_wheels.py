@@ -1,0 +1,150 @@
+"""Download the wheels the lent GPU machine lacks into ``.whl/`` (``make gpu-wheels``).
+
+    python3 benchmarks/gpu_wheels.py                 # benchmarks/gpu_wheels.txt -> .whl/
+    python3 benchmarks/gpu_wheels.py --dest DIR --bnb-keep cpu cuda130 cuda132
+
+Run it where pip reaches the package index. It downloads exactly the ``name==version`` lines of
+``benchmarks/gpu_wheels.txt`` for CPython 3.12 on manylinux x86-64 (``--no-deps``: that list
+already names the dependencies the machine lacks), removes other versions of those packages
+from the folder (two versions of one package stop ``pip install``), and slims bitsandbytes'
+wheel to the native libraries named by ``--bnb-keep`` (its CPU one and CUDA 13.x's by default,
+for the machine's torch 2.11+cu130; the full wheel is 43 MB of the 64 MiB a device call may
+carry). Nothing else is changed: the slimmed wheel keeps its name, and its RECORD lists exactly
+the files left.
+
+Then, on the GPU machine, ``python3 benchmarks/gpu_check.py`` (``make gpu-check``) installs the
+folder with ``pip install --no-index --no-deps --target`` into a site directory and puts it on
+``PYTHONPATH`` itself. With the device tool: ``carry: [".whl"]`` (the folder is git-ignored).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIST = Path(__file__).resolve().parent / "gpu_wheels.txt"
+GLIBC = (17, 24, 27, 28, 31, 34, 35)
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in GLIBC] + [
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
+BNB_KEEP = ("cpu", "cuda130", "cuda132")
+BNB_LIB = re.compile(r"bitsandbytes/libbitsandbytes_([a-z0-9]+)\.(so|dll|dylib)$")
+
+__all__ = ["canonical", "download", "main", "read_pins", "slim_bitsandbytes"]
+
+
+def canonical(name: str) -> str:
+    """PEP 503 name: lower case, runs of ``-_.`` as one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: Path = LIST) -> dict[str, str]:
+    """``{name: version}`` of the ``name==version`` lines (comments and blank lines skipped)."""
+    pins = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ValueError(f"{path}:{number}: expected name==version, got {raw!r}")
+        pins[name.strip()] = version.strip()
+    return pins
+
+
+def wheel_name(path: Path) -> tuple[str, str]:
+    """``(canonical name, version)`` from a wheel's file name."""
+    name, version = path.name.split("-")[:2]
+    return canonical(name), version
+
+
+def download(pins: dict[str, str], dest: Path, python_version: str = "3.12") -> None:
+    """``pip download`` of every pin into ``dest`` for CPython ``python_version``, manylinux."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--python-version", python_version, "--implementation", "cp"]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    command += ["-d", str(dest), *(f"{name}=={version}" for name, version in pins.items())]
+    subprocess.run(command, check=True)
+
+
+def remove_other_versions(pins: dict[str, str], dest: Path) -> list[str]:
+    """Delete wheels of pinned packages at other versions; the names removed."""
+    wanted = {canonical(n): v for n, v in pins.items()}
+    removed = []
+    for path in sorted(dest.glob("*.whl")):
+        name, version = wheel_name(path)
+        if name in wanted and version != wanted[name]:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def slim_bitsandbytes(path: Path, keep: tuple[str, ...] = BNB_KEEP) -> tuple[int, int]:
+    """Rewrite the bitsandbytes wheel at ``path`` without the native libraries not in ``keep``
+    (``cpu``, ``cuda130``, ...); RECORD loses their lines. ``(bytes before, bytes after)``."""
+    before = path.stat().st_size
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        dropped = set()
+        for info in src.infolist():
+            match = BNB_LIB.search(info.filename)
+            if match and match.group(1) not in keep:
+                dropped.add(info.filename)
+        for info in src.infolist():
+            if info.filename in dropped:
+                continue
+            data = src.read(info.filename)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines()
+                data = "".join(
+                    line + "\n" for line in lines if line.split(",", 1)[0] not in dropped
+                ).encode()
+            dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    tmp.replace(path)
+    return before, path.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dest", type=Path, default=ROOT / ".whl", help="wheel folder")
+    parser.add_argument("--list", type=Path, default=LIST, help="name==version lines")
+    parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    parser.add_argument(
+        "--bnb-keep", nargs="+", default=list(BNB_KEEP), metavar="LIB",
+        help="bitsandbytes native libraries to keep (libbitsandbytes_LIB.so); 'all' keeps all",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    pins = read_pins(args.list)
+    args.dest.mkdir(parents=True, exist_ok=True)
+    removed = remove_other_versions(pins, args.dest)
+    if removed:
+        print(f"removed other versions: {', '.join(removed)}")
+    download(pins, args.dest, args.python_version)
+    if "all" not in args.bnb_keep:
+        for path in args.dest.glob("bitsandbytes-*.whl"):
+            before, after = slim_bitsandbytes(path, tuple(args.bnb_keep))
+            if before != after:
+                print(f"slimmed {path.name}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB")
+    wheels = sorted(args.dest.glob("*.whl"))
+    have = {wheel_name(p)[0] for p in wheels}
+    missing = [n for n in pins if canonical(n) not in have]
+    if missing:
+        print(f"missing after download: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    total = sum(p.stat().st_size for p in wheels)
+    print(f"{len(wheels)} wheels, {total / 2**20:.1f} MiB in {args.dest}")
+    if total > 48 * 2**20:
+        print("warning: over 48 MiB; a device call carries 64 MiB in all", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
