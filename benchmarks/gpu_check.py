@@ -26,8 +26,8 @@ gpu_tests        60  ``pytest -m gpu tests/test_gpu.py`` (JUnit XML: passed/fail
 augment          40  ``benchmarks/perf/augment.py``: every preset on CUDA vs PIL, all-core workers
 checkpoint       40  ``benchmarks/perf/shaped_llava.py``: LLaVA-1.5-7B-shaped random checkpoint
 dpo_bf16         80  ``benchmarks/perf/dpo_step.py``: DPO step, bf16 base + recipe LoRA, vs TRL
-dpo_nf4          80  the same on the NF4 (QLoRA) base (both through ``perf/on_device.py``: the
-                     base, and TRL's copy, load and quantise straight onto the GPU)
+dpo_nf4          80  the same on the NF4 (QLoRA) base (the base, and TRL's copy, load and
+                     quantise straight onto the GPU)
 rollout          65  ``benchmarks/perf/rollout.py --model-path``: rollouts at batch 8 / 16 / 32
 recipe_memory   100  ``benchmarks/perf/recipe_memory.py``: configs/seva_llava15_7b.yaml's steps and
                      rollouts at its batch and longest answers, peak memory vs the 80 GB plan
@@ -624,12 +624,9 @@ def build_command(stage: Stage, ctx: dict[str, Any]) -> list[str]:
         full += ["--response-tokens", *map(str, ctx["dpo_response_tokens"])]
         full += ["--warmup", "1", "--iters", "3"]
         nf4 = stage.name == "dpo_nf4"
-        # on_device.py: the module (and TRL's copy) load and quantise on the GPU, not the CPU
-        command = [py, str(PERF / "on_device.py"), str(PERF / "dpo_step.py")]
-        command += ["--model-path", ckpt, "--device", device]
+        command = [py, str(PERF / "dpo_step.py"), "--model-path", ckpt, "--device", device]
         command += ["--dtype", "bfloat16", *(sizes if smoke else full), "--output", str(out)]
-        if '"--sides"' in (PERF / "dpo_step.py").read_text():  # newer dpo_step: ours + TRL only
-            command += ["--sides", "ours", "trl"]
+        command += ["--sides", "ours", "trl"]  # a third 7B copy (share_prompt off) would not fit
         return [*command, "--module-args", *dpo_module_args(ctx["recipe"]["model_args"], nf4)]
     if stage.name == "rollout":
         sizes = ["--batch-sizes", "1", "2", "--max-new-tokens", "4", "--iters", "1"]

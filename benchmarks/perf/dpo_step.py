@@ -265,15 +265,15 @@ def run_benchmark(args: argparse.Namespace, module_args: dict[str, Any]) -> dict
         kwargs = {"lora_r": 8, "lora_alpha": 16, "torch_dtype": args.dtype, **module_args}
         torch.manual_seed(args.seed)
         module = LlavaDPOModule(str(path), loss=SigmoidDPOLoss(beta=args.beta), **kwargs)
+        module.to(device)  # first: the base loads (and 4-bit quantises) straight onto it
         module.configure_model()
-        module.to(device)
         plain = trainer = None
         if "ours_plain" in sides:
             torch.manual_seed(args.seed)
             plain_kwargs = {**kwargs, "share_prompt": False}
             plain = LlavaDPOModule(str(path), loss=SigmoidDPOLoss(beta=args.beta), **plain_kwargs)
-            plain.configure_model()
             plain.to(device)
+            plain.configure_model()
             copy_trainable_parameters(module.model, plain.model)
         if "trl" in sides:
             with warnings.catch_warnings():
