@@ -96,6 +96,12 @@ class ModelSetupMixin:
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        if self.compute_dtype != torch.float32:
+            for module in self.model.modules():
+                copies = getattr(module, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper
+                if isinstance(copies, nn.ModuleDict):
+                    for trained in copies.values():
+                        cast_at_boundaries(trained)
         if self.hparams.disable_dropout:
             for module in self.model.modules():
                 if isinstance(module, nn.Dropout):
@@ -162,3 +168,29 @@ class ModelSetupMixin:
         """uint8 images at native size -> normalised model input on this module's device."""
         self.preprocessor.to(self.device)
         return self.preprocessor([image.to(self.device) for image in images])
+
+
+def cast_at_boundaries(module: nn.Module) -> None:
+    """Run a float32 module inside a lower-precision model: floating inputs are cast to float32
+    and the output back to the input's dtype. Without it a trained ``modules_to_save`` copy
+    (kept in float32, see ``configure_model``) fails on bf16 inputs outside autocast (a
+    bf16 rollout or step without ``precision: bf16-mixed``); under autocast it changes no value,
+    since bf16 -> float32 -> bf16 is exact and autocast picks the matmul dtype either way."""
+
+    def up(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        floats = [a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()]
+        mod._boundary_dtype = floats[0] if floats else None
+
+        def cast(t: Any) -> Any:
+            return t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    def down(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        dtype = mod._boundary_dtype
+        if dtype is None or not torch.is_tensor(output) or not output.is_floating_point():
+            return output
+        return output.to(dtype)
+
+    module.register_forward_pre_hook(up, with_kwargs=True)
+    module.register_forward_hook(down, with_kwargs=True)

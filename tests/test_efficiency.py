@@ -237,3 +237,18 @@ def test_reference_logps_from_the_rollout_equal_a_reference_forward(make_module,
     # stop strings cut texts, not ids: no reuse then
     dm.sampling = type(dm.sampling)(stop_strings=["zz"])
     assert dm.make_pairs(prompt_batch(2), module).reference_chosen_logps is None
+
+
+def test_bf16_base_with_a_trained_projector_runs_without_autocast(make_module) -> None:
+    """The float32 trained projector copy takes the bf16 model's activations (no autocast) and
+    hands bf16 back; policy and reference then differ only by the projector's precision."""
+    module = make_module(torch_dtype="bfloat16", modules_to_save=["multi_modal_projector"])
+    trained = module._llava(module.model).multi_modal_projector.modules_to_save["default"]
+    assert next(trained.parameters()).dtype == torch.float32
+    features = torch.randn(2, 3, trained.linear_1.in_features, dtype=torch.bfloat16)
+    assert trained(features).dtype == torch.bfloat16
+    loss, _ = module.preference_step(batch_for(module))
+    assert torch.isfinite(loss) and abs(loss.item() - math.log(2)) < 0.05
+    loss.backward()
+    assert trained.linear_1.weight.grad is not None
+    assert torch.isfinite(trained.linear_1.weight.grad).all()
