@@ -162,6 +162,37 @@ class FamilyHooks:
         """
         return packed.attention_bias(self.compute_dtype)
 
+    def forward_with_image_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor,
+        logits_to_keep: int = 0,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of the active model with ``image_embeds`` (projected image features, one
+        row per image token of the batch in order; any leading shape) in place of the image
+        tokens' embeddings. The forward of families whose :meth:`forward_logits` runs the
+        active projector on reused :meth:`encode_images` features."""
+        model = self.active_model
+        embeds = model.get_input_embeddings()(input_ids)
+        image_embeds = image_embeds.reshape(-1, embeds.shape[-1])
+        is_image = input_ids == self.image_token_id()
+        if int(is_image.sum()) != len(image_embeds):
+            raise ValueError(
+                f"{int(is_image.sum())} image tokens in the batch but "
+                f"{len(image_embeds)} image features"
+            )
+        is_image = is_image.unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(is_image, image_embeds.to(embeds.dtype))
+        return model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+        ).logits
+
     def forward_logits(
         self,
         input_ids: torch.Tensor,

@@ -195,18 +195,6 @@ class InternVLDPOModule(AugDPOModule):
         # The active model's projector: the trained copy for the policy, the original with
         # adapters disabled (PEFT's modules_to_save) or in a separate reference.
         image_embeds = self._internvl(model).multi_modal_projector(vision_features)
-        embeds = model.get_input_embeddings()(input_ids)
-        is_image = (input_ids == self.image_token_id()).unsqueeze(-1).expand_as(embeds)
-        if int(is_image.sum()) != image_embeds.numel():
-            raise ValueError(
-                f"{int(is_image[..., 0].sum())} image tokens in the batch but "
-                f"{image_embeds.shape[0] * image_embeds.shape[1]} image features"
-            )
-        embeds = embeds.masked_scatter(is_image, image_embeds.to(embeds.dtype))
-        return model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-        ).logits
+        return self.forward_with_image_embeds(
+            input_ids, attention_mask, image_embeds, logits_to_keep, position_ids
+        )

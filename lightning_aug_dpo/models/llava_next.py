@@ -221,19 +221,6 @@ class LlavaNextDPOModule(AugDPOModule):
             per_image, sizes, vision_feature_select_strategy="default",
             image_newline=inner.image_newline,
         )  # fmt: skip
-        image_embeds = torch.cat(packed)
-        embeds = model.get_input_embeddings()(input_ids)
-        is_image = (input_ids == self.image_token_id()).unsqueeze(-1).expand_as(embeds)
-        if int(is_image[..., 0].sum()) != len(image_embeds):
-            raise ValueError(
-                f"{int(is_image[..., 0].sum())} image tokens in the batch but "
-                f"{len(image_embeds)} image features"
-            )
-        embeds = embeds.masked_scatter(is_image, image_embeds.to(embeds.dtype))
-        return model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-        ).logits
+        return self.forward_with_image_embeds(
+            input_ids, attention_mask, torch.cat(packed), logits_to_keep, position_ids
+        )
