@@ -24,14 +24,13 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_5_vl OUT_DIR [--hidden-si
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
 from lightning_aug_dpo.models.tiny_qwen2_vl import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
@@ -165,13 +164,7 @@ def write_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwen2_5_VLSpec | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen2_5_VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen2_5_vl(args.out_dir, spec_from_args(TinyQwen2_5_VLSpec, args))
-    print(f"tiny Qwen2.5-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen2_5_VLSpec, write_tiny_qwen2_5_vl, "Qwen2.5-VL")
 
 
 if __name__ == "__main__":

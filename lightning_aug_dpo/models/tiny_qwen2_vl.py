@@ -25,8 +25,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_vl OUT_DIR [--hidden-size
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +32,8 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 IMAGE_TOKEN = "<|image_pad|>"
 # Ids 0..6 in this order; the hub checkpoints have the same tokens at 151643..151656.
@@ -103,37 +102,22 @@ def mrope_section(head_dim: int) -> list[int]:
 
 def build_qwen2_tokenizer(vocab_size: int) -> Any:
     """A ``Qwen2Tokenizer`` of exactly ``vocab_size`` entries, trained offline (deterministic)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    bpe = Tokenizer(models.BPE())
-    # Train with the pre-tokenization Qwen2Tokenizer applies, so every merge is reachable.
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
+    # Trained with the pre-tokenization Qwen2Tokenizer applies, so every merge is reachable.
+    bpe = train_bpe(
+        vocab_size,
+        SPECIAL_TOKENS,
+        template_text=["system\nYou are a helpful assistant.\nuser\nassistant\n"],
+        pre_tokenization="qwen2",
+        label="tiny Qwen2 tokenizer",
+        writer="tiny_qwen2_vl.py",
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += ["system\nYou are a helpful assistant.\nuser\nassistant\n"]  # the template's text
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    bpe.train_from_iterator(corpus * 4, trainer=trainer)
-    if bpe.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny Qwen2 tokenizer has {bpe.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny_qwen2_vl.py"
-        )
-    trained = json.loads(bpe.to_str())["model"]
+    vocab, merges = vocab_and_merges(bpe)
     tokenizer = Qwen2Tokenizer(
-        vocab=trained["vocab"],
-        merges=[tuple(pair) for pair in trained["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token=None,  # byte-level: nothing is unknown
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -239,13 +223,7 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen2VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen2_vl(args.out_dir, spec_from_args(TinyQwen2VLSpec, args))
-    print(f"tiny Qwen2-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen2VLSpec, write_tiny_qwen2_vl, "Qwen2-VL")
 
 
 if __name__ == "__main__":

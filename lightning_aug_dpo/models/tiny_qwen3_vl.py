@@ -24,7 +24,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen3_vl OUT_DIR [--hidden-size
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
 from lightning_aug_dpo.models.tiny_qwen2_vl import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
@@ -297,13 +296,7 @@ def write_tiny_qwen3_vl(out_dir: str | Path, spec: TinyQwen3VLSpec | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen3VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen3_vl(args.out_dir, spec_from_args(TinyQwen3VLSpec, args))
-    print(f"tiny Qwen3-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen3VLSpec, write_tiny_qwen3_vl, "Qwen3-VL")
 
 
 if __name__ == "__main__":
