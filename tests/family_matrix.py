@@ -251,17 +251,22 @@ def check_sampled_rollouts(module: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- SFT
-def check_sft(module: Any, template_text: str, trained_text: str) -> None:
+def check_sft(
+    module: Any, template_text: str | None, trained_text: str | None, steps: int = 4
+) -> SFTBatch:
     """The two-round conversation is ``template_text`` (the chat template's rendering, image
-    tokens expanded) token for token, its trained tokens decode to ``trained_text``; the SFT
-    loss is the token-mean NLL of those tokens, and training moves LoRA only."""
+    tokens expanded) token for token, its trained tokens decode to ``trained_text`` (each check
+    skipped where None: the caller checks the returned batch itself); the SFT loss is the
+    token-mean NLL of those tokens, and ``steps`` of training move LoRA only."""
     tok = module.tokenizer
     tokens, status = module.tokenize_conversations(CONVERSATIONS)
     assert status == [None, None]
     row = tokens["input_ids"][1][tokens["attention_mask"][1].bool()].tolist()
-    assert row == tok(template_text).input_ids
+    if template_text is not None:
+        assert row == tok(template_text).input_ids
     labels = tokens["labels"][1]
-    assert tok.decode(labels[labels != IGNORE_INDEX]) == trained_text
+    if trained_text is not None:
+        assert tok.decode(labels[labels != IGNORE_INDEX]) == trained_text
     batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
     loss, count = module.sft_step(batch)
     module.model.eval()
@@ -275,9 +280,10 @@ def check_sft(module: Any, template_text: str, trained_text: str) -> None:
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     module.model.train()
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    losses = sft_train(module, batch, steps=4)
+    losses = sft_train(module, batch, steps=steps)
     changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all("lora_" in k for k in changed) and losses[-1] < losses[0]
+    return batch
 
 
 def sft_train(module: Any, batch: SFTBatch, steps: int) -> list[float]:
@@ -293,10 +299,16 @@ def sft_train(module: Any, batch: SFTBatch, steps: int) -> list[float]:
 
 
 def check_full_finetune_export(
-    build: Build, model_class: type, tmp_path: Path, trained: list[str], frozen: str
+    build: Build,
+    model_class: type,
+    tmp_path: Path,
+    trained: list[str],
+    frozen: str,
+    again: dict[str, Any] | None = None,
 ) -> Any:
     """``finetune: full`` trains every prefix in ``trained``, never the ``frozen`` tower; the
-    merged export reloads with ``model_class`` to the same logits, with its processor."""
+    merged export reloads with ``model_class`` to the same logits, with its processor. Returns
+    the module built on the export with the settings ``again`` (default: ``finetune: full``)."""
     module = build(finetune="full")
     tokens, _ = module.tokenize_conversations(CONVERSATIONS)
     batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
@@ -318,10 +330,10 @@ def check_full_finetune_export(
     module.export_merged(tmp_path / "merged")
     reloaded = model_class.from_pretrained(tmp_path / "merged")
     torch.testing.assert_close(logits(reloaded), logits(module.model), rtol=0, atol=1e-5)
-    again = build(tmp_path / "merged", finetune="full")  # processor saved too
-    assert again.tokenizer.chat_template == module.tokenizer.chat_template
-    assert again.tokenizer.eos_token == module.tokenizer.eos_token
-    return again
+    rebuilt = build(tmp_path / "merged", **({"finetune": "full"} if again is None else again))
+    assert rebuilt.tokenizer.chat_template == module.tokenizer.chat_template  # processor saved
+    assert rebuilt.tokenizer.eos_token == module.tokenizer.eos_token
+    return rebuilt
 
 
 # ---------------------------------------------------------------------------- config, CLI
@@ -340,9 +352,12 @@ def no_weights(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
     monkeypatch.setattr(cls, "load_model", load_model)
 
 
-def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path) -> Path:
-    """``predict`` writes the pairs of live rollouts (the module's own greedy answers);
-    ``fit`` by ``class_path`` trains on that file, from ln 2. Returns the fit's run folder."""
+def check_cli_predict_then_fit(
+    class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any
+) -> Path:
+    """``predict`` writes the pairs of live rollouts (the module's own greedy answers) to
+    ``tmp_path / "pairs.jsonl"``; ``fit`` by ``class_path`` (with the model's ``init_args``)
+    trains on that file, from ln 2. Returns the fit's run folder."""
     data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
     runs = str(tmp_path / "runs")
     config = {
@@ -369,6 +384,7 @@ def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path)
                 "lora_r": 8,
                 "lora_alpha": 16,
                 "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+                **init_args,
             },
         },
         "data": {
