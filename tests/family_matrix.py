@@ -104,22 +104,23 @@ def train_steps(module: Any, batch: Any, steps: int, lr: float = 1e-2) -> list[f
     return losses
 
 
-def prompt_batch(n: int) -> PromptBatch:
+def prompt_batch(n: int, questions: list[str] = QUESTIONS) -> PromptBatch:
     return PromptBatch(
         ids=[f"p{i}" for i in range(n)],
         indices=list(range(n)),
         image_paths=[f"img{i}.png" for i in range(n)],
         images=random_images(n),
-        questions=QUESTIONS[:n],
+        questions=questions[:n],
     )
 
 
-def datamodule(noise_step: int = 800) -> AugPairDataModule:
+def datamodule(noise_step: int = 800, **kwargs: Any) -> AugPairDataModule:
     return AugPairDataModule(
         data_path="unused.json",
         max_new_tokens=6,
         augmentation=DiffusionNoise(noise_step=noise_step),
         drop_identical=False,  # a random tiny model may answer both images alike
+        **kwargs,
     )
 
 
@@ -199,7 +200,9 @@ def check_separate_reference(build: Build, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- rollouts
-def check_make_pairs(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def check_make_pairs(
+    module: Any, monkeypatch: pytest.MonkeyPatch, questions: list[str] = QUESTIONS
+) -> dict[str, Any]:
     """Clean and augmented images roll out in ONE left-padded ``generate``; the batch is the
     family-agnostic ``(B, 3, H, W)`` form and starts at ln 2. Returns that call's kwargs."""
     calls = []
@@ -210,26 +213,31 @@ def check_make_pairs(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
         return generate(**kwargs)
 
     monkeypatch.setattr(module.model, "generate", spy)
-    batch = datamodule().make_pairs(prompt_batch(3), module)
+    batch = datamodule().make_pairs(prompt_batch(3, questions), module)
     assert len(calls) == 1
     (call,) = calls
     mask = call["attention_mask"]
     assert call["input_ids"].shape[0] == 6 and (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
     side = module.preprocessor.size
     assert len(batch) == 3 and batch.pixel_values.shape == (3, 3, side, side)
+    assert batch.aug_pixel_values.shape == batch.pixel_values.shape
     assert not torch.equal(batch.aug_pixel_values, batch.pixel_values)
     clean = module.preprocess_images(random_images(3))
-    assert [r["chosen"] for r in batch.meta["rows"]] == module.generate(clean, QUESTIONS, 6)
+    assert [r["chosen"] for r in batch.meta["rows"]] == module.generate(clean, questions[:3], 6)
     loss, _ = module.preference_step(batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
     return call
 
 
-def check_rollout_reference_logps(module: Any) -> None:
+def check_rollout_reference_logps(
+    module: Any, questions: list[str] = QUESTIONS, **datamodule_kwargs: Any
+) -> None:
     """``reuse_rollout_reference_logps``: the reference rollout's own logits (left-padded
     generate, KV cache) score the chosen answers as a reference forward does, and the step
-    gives the same values with them as without."""
-    batch = datamodule(noise_step=900).make_pairs(prompt_batch(3), module)
+    gives the same values with them as without. ``datamodule_kwargs``: more
+    ``AugPairDataModule`` settings (``rollout_model``)."""
+    dm = datamodule(noise_step=900, **datamodule_kwargs)
+    batch = dm.make_pairs(prompt_batch(3, questions), module)
     assert batch.reference_chosen_logps is not None and len(batch) == 3
     with torch.no_grad(), module.reference_context():
         forward = module.sequence_logps(batch)["chosen"]
