@@ -116,6 +116,17 @@ def writer_main(
     return 0
 
 
+def point_auto_processor(out: Path, processor_class: str) -> None:
+    """Name ``processor_class`` in the saved image processor and tokenizer configs, as the hub
+    repos do, so that ``AutoProcessor`` loads ``out`` (for processors this project cannot build
+    here: their video processor needs torchvision)."""
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text())
+        data["processor_class"] = processor_class
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def build_tokenizer(vocab_size: int):
     """Train a byte-level BPE tokenizer of exactly ``vocab_size`` entries, offline."""
     from tokenizers import decoders, processors

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _opt, writer_main
+from lightning_aug_dpo.models.tiny import _opt, point_auto_processor, writer_main
 from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 START_IMAGE, IMAGE_TOKEN, END_IMAGE, VIDEO_TOKEN = "<img>", "<IMG_CONTEXT>", "</img>", "<video>"
@@ -193,11 +193,7 @@ def write_tiny_internvl(out_dir: str | Path, spec: TinyInternVLSpec | None = Non
     tokenizer.save_pretrained(out)
     # InternVLProcessor cannot be built here without torchvision (its video processor), so
     # point AutoProcessor at it the way the hub repos do.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "InternVLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    point_auto_processor(out, "InternVLProcessor")
     processor = {"processor_class": "InternVLProcessor", "image_seq_length": tokens_per_tile}
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     (out / "tiny_internvl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _opt, writer_main
+from lightning_aug_dpo.models.tiny import _opt, point_auto_processor, writer_main
 from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -134,29 +134,11 @@ def build_qwen2_tokenizer(vocab_size: int) -> Any:
     return tokenizer
 
 
-def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None) -> Path:
-    """Write config, safetensors weights, tokenizer, chat template and image processor config.
-
-    The result loads with ``Qwen2VLForConditionalGeneration.from_pretrained(out_dir)``,
-    ``AutoTokenizer`` and ``AutoImageProcessor`` (and ``AutoProcessor`` where torchvision is
-    installed) without network access. Deterministic per spec.
-    """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-
-    spec = spec or TinyQwen2VLSpec()
-    factor = spec.patch_size * spec.merge_size
-    if spec.image_size % factor:
-        raise ValueError(f"image_size {spec.image_size} is not a multiple of {factor}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_qwen2_tokenizer(spec.vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-
+def qwen2_text_config(spec: Any, ids: dict[str, int]) -> dict[str, Any]:
+    """The Qwen2 language model of Qwen2-VL and Qwen2.5-VL (M-RoPE of :func:`mrope_section`),
+    at the sizes of ``spec``, with the special token ``ids``."""
     head_dim = spec.hidden_size // spec.num_attention_heads
-    text_config = dict(
+    return dict(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -174,6 +156,72 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
         pad_token_id=ids["<|endoftext|>"],
         attention_dropout=0.0,
     )
+
+
+def save_qwen_vl(
+    out: Path,
+    model_class: type,
+    config: Any,
+    spec: Any,
+    ids: dict[str, int],
+    tokenizer: Any,
+    *,
+    image_mean: list[float],
+    image_std: list[float],
+    processor_class: str,
+    spec_file: str,
+) -> None:
+    """What the Qwen-VL writers share once the config is made: ``model_class``'s seeded weights
+    with the hub's generation config, the Qwen2-VL image processor with ``min_pixels =
+    max_pixels = image_size**2``, the tokenizer, the ``processor_class`` entries and the spec."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    torch.manual_seed(spec.seed)
+    model = model_class(config).eval()
+    generation = model.generation_config
+    generation.pad_token_id = ids["<|endoftext|>"]
+    generation.bos_token_id = ids["<|endoftext|>"]
+    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
+    model.save_pretrained(out)
+
+    pixels = spec.image_size**2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.merge_size,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
+    image_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # The processor itself cannot be built here without torchvision (its video processor), so
+    # point AutoProcessor at it the way the hub repos do: processor_class in the sub-configs.
+    point_auto_processor(out, processor_class)
+    (out / spec_file).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, chat template and image processor config.
+
+    The result loads with ``Qwen2VLForConditionalGeneration.from_pretrained(out_dir)``,
+    ``AutoTokenizer`` and ``AutoImageProcessor`` (and ``AutoProcessor`` where torchvision is
+    installed) without network access. Deterministic per spec.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    spec = spec or TinyQwen2VLSpec()
+    factor = spec.patch_size * spec.merge_size
+    if spec.image_size % factor:
+        raise ValueError(f"image_size {spec.image_size} is not a multiple of {factor}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen2_tokenizer(spec.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+    text_config = qwen2_text_config(spec, ids)
     vision_config = dict(
         depth=spec.vision_depth,
         embed_dim=spec.vision_embed_dim,
@@ -192,33 +240,18 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    generation = model.generation_config
-    generation.pad_token_id = ids["<|endoftext|>"]
-    generation.bos_token_id = ids["<|endoftext|>"]
-    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
-    model.save_pretrained(out)
-
-    pixels = spec.image_size**2
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
-        patch_size=spec.patch_size,
-        temporal_patch_size=spec.temporal_patch_size,
-        merge_size=spec.merge_size,
+    save_qwen_vl(
+        out,
+        Qwen2VLForConditionalGeneration,
+        config,
+        spec,
+        ids,
+        tokenizer,
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
+        processor_class="Qwen2VLProcessor",
+        spec_file="tiny_qwen2_vl_spec.json",
     )
-    image_processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # Qwen2VLProcessor cannot be built here without torchvision, so point AutoProcessor at it
-    # the way the hub repos do: a processor_class entry in the sub-processor configs.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "Qwen2VLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "tiny_qwen2_vl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
 
 
