@@ -360,12 +360,10 @@ def no_weights(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
     monkeypatch.setattr(cls, "load_model", load_model)
 
 
-def check_cli_predict_then_fit(
-    class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any
-) -> Path:
-    """``predict`` writes the pairs of live rollouts (the module's own greedy answers) to
-    ``tmp_path / "pairs.jsonl"``; ``fit`` by ``class_path`` (with the model's ``init_args``)
-    trains on that file, from ln 2. Returns the fit's run folder."""
+def cli_config(class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any) -> Path:
+    """A CPU ``fit``/``predict`` config (``tmp_path / "family.yaml"``) for the module
+    ``class_path`` (LoRA r=8, the model's ``init_args``) on a 4-image synthetic dataset
+    (``tmp_path / "data"``) in batches of 2, logging ``metrics.csv`` under ``tmp_path / "runs"``."""
     data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
     runs = str(tmp_path / "runs")
     config = {
@@ -408,6 +406,23 @@ def check_cli_predict_then_fit(
     }
     path = tmp_path / "family.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def logged_losses(run: Path) -> list[float]:
+    """The ``train/loss`` of every logged step in the run folder's ``metrics.csv``."""
+    with open(run / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+
+
+def check_cli_predict_then_fit(
+    class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any
+) -> Path:
+    """``predict`` writes the pairs of live rollouts (the module's own greedy answers) to
+    ``tmp_path / "pairs.jsonl"``; ``fit`` by ``class_path`` (with the model's ``init_args``)
+    trains on that file, from ln 2. Returns the fit's run folder."""
+    path = cli_config(class_path, model_dir, tmp_path, **init_args)
+    images_dir = Path(json.loads(path.read_text())["data"]["init_args"]["image_folder"])
     pairs = tmp_path / "pairs.jsonl"
     writer = {
         "class_path": "lightning_aug_dpo.PairsWriter",
@@ -418,8 +433,7 @@ def check_cli_predict_then_fit(
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert len(rows) == 4  # drop_identical: false
     images = [
-        torch.from_numpy(np.array(Image.open(data.parent / "images" / r["image"]).convert("RGB")))
-        for r in rows
+        torch.from_numpy(np.array(Image.open(images_dir / r["image"]).convert("RGB"))) for r in rows
     ]
     clean = cli.model.preprocess_images([image.permute(2, 0, 1) for image in images])
     cli.model.model.eval()
@@ -429,8 +443,7 @@ def check_cli_predict_then_fit(
     pairs_only = ["--data.init_args.data_path", "null", "--data.init_args.pairs_path", str(pairs)]
     cli = cli_main(["fit", "--config", str(path), *pairs_only])
     run = Path(cli.trainer.log_dir)
-    with open(run / "metrics.csv") as f:
-        steps = [r for r in csv.DictReader(f) if r["train/loss"]]
-    assert len(steps) == 2  # 4 pairs / batch 2
-    assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
+    losses = logged_losses(run)
+    assert len(losses) == 2  # 4 pairs / batch 2
+    assert math.isclose(losses[0], math.log(2), abs_tol=1e-6)
     return run

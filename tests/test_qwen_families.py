@@ -13,13 +13,11 @@ work unchanged.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -37,6 +35,8 @@ from family_matrix import (
     check_separate_reference,
     check_shared_prompt_equals_plain,
     check_switches,
+    cli_config,
+    logged_losses,
     module_builder,
     sft_train,
     to_pil,
@@ -49,7 +49,6 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 import lightning_aug_dpo as lad
 from lightning_aug_dpo.cli import cli_main
-from lightning_aug_dpo.data.synthetic import write_llava_dataset
 from lightning_aug_dpo.losses import IGNORE_INDEX
 from lightning_aug_dpo.types import SFTBatch
 from lightning_aug_dpo.validation import ConfigError
@@ -630,62 +629,17 @@ def test_full_finetune_trains_lm_and_projector_and_exports_a_plain_model(
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli_config(fam: Family, path: Path, tmp_path: Path, data: dict[str, Any]) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_epochs": 1,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_checkpointing": False,
-            "default_root_dir": str(tmp_path / "runs"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": fam.name},
-            },
-        },
-        "model": {
-            "class_path": f"lightning_aug_dpo.{fam.module}",
-            "init_args": {
-                "model_name_or_path": str(path),
-                "image_size": fam.side,
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_aug_dpo.AugPairDataModule",
-            "init_args": {"batch_size": 2, "max_new_tokens": 4, "drop_identical": False, **data},
-        },
-    }
-    out = tmp_path / f"{fam.name}.yaml"
-    out.write_text(json.dumps(config))  # JSON is YAML
-    return out
-
-
-def logged_losses(cli) -> list[float]:
-    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
-        return [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
-
-
 def test_cli_fit_by_class_path(family, tmp_path: Path) -> None:
     fam, path = family
-    data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
-    images = str(data.parent / "images")
-    config = cli_config(fam, path, tmp_path, {"data_path": str(data), "image_folder": images})
+    class_path = f"lightning_aug_dpo.{fam.module}"
+    config = cli_config(class_path, path, tmp_path, image_size=fam.side)
     cli = cli_main(["fit", "--config", str(config)])
     assert type(cli.model) is fam.module_class() and cli.model.hparams.image_size == fam.side
-    losses = logged_losses(cli)
+    run = Path(cli.trainer.log_dir)
+    losses = logged_losses(run)
     assert len(losses) == 2  # 4 prompts / batch 2
     assert math.isclose(losses[0], math.log(2), abs_tol=1e-6)
-    adapter = json.loads(
-        (Path(cli.trainer.log_dir) / "adapter" / "adapter_config.json").read_text()
-    )
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"].startswith(r"model\.language_model\.")
 
 
