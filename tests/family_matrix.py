@@ -442,6 +442,7 @@ def check_cli_predict_then_fit(
 
     pairs_only = ["--data.init_args.data_path", "null", "--data.init_args.pairs_path", str(pairs)]
     cli = cli_main(["fit", "--config", str(path), *pairs_only])
+    assert type(cli.model).__name__ == class_path.rsplit(".", 1)[1]
     run = Path(cli.trainer.log_dir)
     losses = logged_losses(run)
     assert len(losses) == 2  # 4 pairs / batch 2

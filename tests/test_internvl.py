@@ -309,6 +309,7 @@ def test_config_checks_catch_wrong_settings(tiny_internvl_dir: Path, tmp_path: P
 # ---------------------------------------------------------------------------- pair making
 def test_make_pairs_rolls_out_in_one_left_padded_generate(make_next, monkeypatch) -> None:
     module = make_next()
+    assert module.preprocessor.size == SIDE  # the batch is (3, 3, SIDE, SIDE)
     call = check_make_pairs(module, monkeypatch)  # clean and augmented images together
     assert call["pixel_values"].shape == (6, 3, SIDE, SIDE)  # one tile per image
     tok = module.tokenizer

@@ -266,6 +266,7 @@ def test_config_checks_catch_wrong_settings(tiny_llava_next_dir: Path, tmp_path:
 # ---------------------------------------------------------------------------- pair making
 def test_make_pairs_rolls_out_in_one_left_padded_generate(make_next, monkeypatch) -> None:
     module = make_next()
+    assert module.preprocessor.size == SIDE  # the batch is (3, 3, SIDE, SIDE)
     call = check_make_pairs(module, monkeypatch)  # clean and augmented images together
     assert call["pixel_values"].shape == (6, 3, 3, SIDE, SIDE)
     assert call["image_sizes"].tolist() == [[SIDE, SIDE]] * 6
