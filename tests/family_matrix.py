@@ -104,22 +104,23 @@ def train_steps(module: Any, batch: Any, steps: int, lr: float = 1e-2) -> list[f
     return losses
 
 
-def prompt_batch(n: int) -> PromptBatch:
+def prompt_batch(n: int, questions: list[str] = QUESTIONS) -> PromptBatch:
     return PromptBatch(
         ids=[f"p{i}" for i in range(n)],
         indices=list(range(n)),
         image_paths=[f"img{i}.png" for i in range(n)],
         images=random_images(n),
-        questions=QUESTIONS[:n],
+        questions=questions[:n],
     )
 
 
-def datamodule(noise_step: int = 800) -> AugPairDataModule:
+def datamodule(noise_step: int = 800, **kwargs: Any) -> AugPairDataModule:
     return AugPairDataModule(
         data_path="unused.json",
         max_new_tokens=6,
         augmentation=DiffusionNoise(noise_step=noise_step),
         drop_identical=False,  # a random tiny model may answer both images alike
+        **kwargs,
     )
 
 
@@ -199,7 +200,9 @@ def check_separate_reference(build: Build, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- rollouts
-def check_make_pairs(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def check_make_pairs(
+    module: Any, monkeypatch: pytest.MonkeyPatch, questions: list[str] = QUESTIONS
+) -> dict[str, Any]:
     """Clean and augmented images roll out in ONE left-padded ``generate``; the batch is the
     family-agnostic ``(B, 3, H, W)`` form and starts at ln 2. Returns that call's kwargs."""
     calls = []
@@ -210,26 +213,31 @@ def check_make_pairs(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
         return generate(**kwargs)
 
     monkeypatch.setattr(module.model, "generate", spy)
-    batch = datamodule().make_pairs(prompt_batch(3), module)
+    batch = datamodule().make_pairs(prompt_batch(3, questions), module)
     assert len(calls) == 1
     (call,) = calls
     mask = call["attention_mask"]
     assert call["input_ids"].shape[0] == 6 and (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
     side = module.preprocessor.size
     assert len(batch) == 3 and batch.pixel_values.shape == (3, 3, side, side)
+    assert batch.aug_pixel_values.shape == batch.pixel_values.shape
     assert not torch.equal(batch.aug_pixel_values, batch.pixel_values)
     clean = module.preprocess_images(random_images(3))
-    assert [r["chosen"] for r in batch.meta["rows"]] == module.generate(clean, QUESTIONS, 6)
+    assert [r["chosen"] for r in batch.meta["rows"]] == module.generate(clean, questions[:3], 6)
     loss, _ = module.preference_step(batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
     return call
 
 
-def check_rollout_reference_logps(module: Any) -> None:
+def check_rollout_reference_logps(
+    module: Any, questions: list[str] = QUESTIONS, **datamodule_kwargs: Any
+) -> None:
     """``reuse_rollout_reference_logps``: the reference rollout's own logits (left-padded
     generate, KV cache) score the chosen answers as a reference forward does, and the step
-    gives the same values with them as without."""
-    batch = datamodule(noise_step=900).make_pairs(prompt_batch(3), module)
+    gives the same values with them as without. ``datamodule_kwargs``: more
+    ``AugPairDataModule`` settings (``rollout_model``)."""
+    dm = datamodule(noise_step=900, **datamodule_kwargs)
+    batch = dm.make_pairs(prompt_batch(3, questions), module)
     assert batch.reference_chosen_logps is not None and len(batch) == 3
     with torch.no_grad(), module.reference_context():
         forward = module.sequence_logps(batch)["chosen"]
@@ -251,17 +259,22 @@ def check_sampled_rollouts(module: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- SFT
-def check_sft(module: Any, template_text: str, trained_text: str) -> None:
+def check_sft(
+    module: Any, template_text: str | None, trained_text: str | None, steps: int = 4
+) -> SFTBatch:
     """The two-round conversation is ``template_text`` (the chat template's rendering, image
-    tokens expanded) token for token, its trained tokens decode to ``trained_text``; the SFT
-    loss is the token-mean NLL of those tokens, and training moves LoRA only."""
+    tokens expanded) token for token, its trained tokens decode to ``trained_text`` (each check
+    skipped where None: the caller checks the returned batch itself); the SFT loss is the
+    token-mean NLL of those tokens, and ``steps`` of training move LoRA only."""
     tok = module.tokenizer
     tokens, status = module.tokenize_conversations(CONVERSATIONS)
     assert status == [None, None]
     row = tokens["input_ids"][1][tokens["attention_mask"][1].bool()].tolist()
-    assert row == tok(template_text).input_ids
+    if template_text is not None:
+        assert row == tok(template_text).input_ids
     labels = tokens["labels"][1]
-    assert tok.decode(labels[labels != IGNORE_INDEX]) == trained_text
+    if trained_text is not None:
+        assert tok.decode(labels[labels != IGNORE_INDEX]) == trained_text
     batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
     loss, count = module.sft_step(batch)
     module.model.eval()
@@ -275,9 +288,10 @@ def check_sft(module: Any, template_text: str, trained_text: str) -> None:
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     module.model.train()
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    losses = sft_train(module, batch, steps=4)
+    losses = sft_train(module, batch, steps=steps)
     changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all("lora_" in k for k in changed) and losses[-1] < losses[0]
+    return batch
 
 
 def sft_train(module: Any, batch: SFTBatch, steps: int) -> list[float]:
@@ -293,10 +307,16 @@ def sft_train(module: Any, batch: SFTBatch, steps: int) -> list[float]:
 
 
 def check_full_finetune_export(
-    build: Build, model_class: type, tmp_path: Path, trained: list[str], frozen: str
+    build: Build,
+    model_class: type,
+    tmp_path: Path,
+    trained: list[str],
+    frozen: str,
+    again: dict[str, Any] | None = None,
 ) -> Any:
     """``finetune: full`` trains every prefix in ``trained``, never the ``frozen`` tower; the
-    merged export reloads with ``model_class`` to the same logits, with its processor."""
+    merged export reloads with ``model_class`` to the same logits, with its processor. Returns
+    the module built on the export with the settings ``again`` (default: ``finetune: full``)."""
     module = build(finetune="full")
     tokens, _ = module.tokenize_conversations(CONVERSATIONS)
     batch = SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
@@ -318,10 +338,10 @@ def check_full_finetune_export(
     module.export_merged(tmp_path / "merged")
     reloaded = model_class.from_pretrained(tmp_path / "merged")
     torch.testing.assert_close(logits(reloaded), logits(module.model), rtol=0, atol=1e-5)
-    again = build(tmp_path / "merged", finetune="full")  # processor saved too
-    assert again.tokenizer.chat_template == module.tokenizer.chat_template
-    assert again.tokenizer.eos_token == module.tokenizer.eos_token
-    return again
+    rebuilt = build(tmp_path / "merged", **({"finetune": "full"} if again is None else again))
+    assert rebuilt.tokenizer.chat_template == module.tokenizer.chat_template  # processor saved
+    assert rebuilt.tokenizer.eos_token == module.tokenizer.eos_token
+    return rebuilt
 
 
 # ---------------------------------------------------------------------------- config, CLI
@@ -340,9 +360,10 @@ def no_weights(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
     monkeypatch.setattr(cls, "load_model", load_model)
 
 
-def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path) -> Path:
-    """``predict`` writes the pairs of live rollouts (the module's own greedy answers);
-    ``fit`` by ``class_path`` trains on that file, from ln 2. Returns the fit's run folder."""
+def cli_config(class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any) -> Path:
+    """A CPU ``fit``/``predict`` config (``tmp_path / "family.yaml"``) for the module
+    ``class_path`` (LoRA r=8, the model's ``init_args``) on a 4-image synthetic dataset
+    (``tmp_path / "data"``) in batches of 2, logging ``metrics.csv`` under ``tmp_path / "runs"``."""
     data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
     runs = str(tmp_path / "runs")
     config = {
@@ -369,6 +390,7 @@ def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path)
                 "lora_r": 8,
                 "lora_alpha": 16,
                 "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+                **init_args,
             },
         },
         "data": {
@@ -384,6 +406,23 @@ def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path)
     }
     path = tmp_path / "family.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def logged_losses(run: Path) -> list[float]:
+    """The ``train/loss`` of every logged step in the run folder's ``metrics.csv``."""
+    with open(run / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+
+
+def check_cli_predict_then_fit(
+    class_path: str, model_dir: Path, tmp_path: Path, **init_args: Any
+) -> Path:
+    """``predict`` writes the pairs of live rollouts (the module's own greedy answers) to
+    ``tmp_path / "pairs.jsonl"``; ``fit`` by ``class_path`` (with the model's ``init_args``)
+    trains on that file, from ln 2. Returns the fit's run folder."""
+    path = cli_config(class_path, model_dir, tmp_path, **init_args)
+    images_dir = Path(json.loads(path.read_text())["data"]["init_args"]["image_folder"])
     pairs = tmp_path / "pairs.jsonl"
     writer = {
         "class_path": "lightning_aug_dpo.PairsWriter",
@@ -394,8 +433,7 @@ def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path)
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert len(rows) == 4  # drop_identical: false
     images = [
-        torch.from_numpy(np.array(Image.open(data.parent / "images" / r["image"]).convert("RGB")))
-        for r in rows
+        torch.from_numpy(np.array(Image.open(images_dir / r["image"]).convert("RGB"))) for r in rows
     ]
     clean = cli.model.preprocess_images([image.permute(2, 0, 1) for image in images])
     cli.model.model.eval()
@@ -404,9 +442,9 @@ def check_cli_predict_then_fit(class_path: str, model_dir: Path, tmp_path: Path)
 
     pairs_only = ["--data.init_args.data_path", "null", "--data.init_args.pairs_path", str(pairs)]
     cli = cli_main(["fit", "--config", str(path), *pairs_only])
+    assert type(cli.model).__name__ == class_path.rsplit(".", 1)[1]
     run = Path(cli.trainer.log_dir)
-    with open(run / "metrics.csv") as f:
-        steps = [r for r in csv.DictReader(f) if r["train/loss"]]
-    assert len(steps) == 2  # 4 pairs / batch 2
-    assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
+    losses = logged_losses(run)
+    assert len(losses) == 2  # 4 pairs / batch 2
+    assert math.isclose(losses[0], math.log(2), abs_tol=1e-6)
     return run

@@ -19,25 +19,36 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_batch, random_images
-from PIL import Image
-from test_efficiency import PLAIN, assert_same, batch_for, perturb, step
-from test_prefix_sharing import MDPO
+from family_matrix import (
+    CHOSEN,
+    QUESTIONS,
+    REJECTED,
+    SHARING,
+    check_cli_predict_then_fit,
+    check_full_finetune_export,
+    check_make_pairs,
+    check_separate_reference,
+    check_sft,
+    check_shared_prompt_equals_plain,
+    check_step_zero_and_training,
+    check_switches,
+    config_problems,
+    module_builder,
+    no_weights,
+    to_pil,
+    train_steps,
+)
+from test_efficiency import PLAIN
 from torch import nn
-from torch.nn import functional as F
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-from lightning_aug_dpo import AugPairDataModule, DiffusionNoise, LlavaNextDPOModule
+from lightning_aug_dpo import LlavaNextDPOModule
 from lightning_aug_dpo.cli import cli_main
-from lightning_aug_dpo.data.synthetic import write_llava_dataset
 from lightning_aug_dpo.losses import IGNORE_INDEX
 from lightning_aug_dpo.models.tiny_llava_next import TinyLlavaNextSpec, write_tiny_llava_next
-from lightning_aug_dpo.types import PromptBatch, SFTBatch
-from lightning_aug_dpo.validation import ConfigError
 
-QUESTIONS = ["What color is the circle?", "How many shapes are there?", "Is there a square?"]
-CHOSEN = ["The circle is red.", "There are three shapes.", "Yes, on the left."]
-REJECTED = ["The circle is blue.", "There are two shapes.", "No."]
 SIDE, TOKENS = 32, 36  # tiny tile side; 16 base patches + 4 rows x (4 + 1 newline)
+PROJECTOR = {"modules_to_save": ["multi_modal_projector"]}  # SeVa trains the projector
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +58,7 @@ def tiny_llava_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_next(tiny_llava_next_dir: Path):
-    def build(path: Path | None = None, **kwargs) -> LlavaNextDPOModule:
-        kwargs.setdefault("lora_r", 8)
-        kwargs.setdefault("lora_alpha", 16)
-        torch.manual_seed(0)
-        module = LlavaNextDPOModule(model_name_or_path=str(path or tiny_llava_next_dir), **kwargs)
-        module.configure_model()
-        return module
-
-    return build
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    return Image.fromarray(image.permute(1, 2, 0).numpy())
-
-
-def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = module.preference_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    return module_builder(LlavaNextDPOModule, tiny_llava_next_dir)
 
 
 # ---------------------------------------------------------------------------- the checkpoint
@@ -201,85 +188,30 @@ def test_tokenize_pairs_follow_the_inst_prompt_with_a_space(make_next) -> None:
 def test_step_zero_loss_is_ln2_and_training_changes_only_lora(
     make_next, tiny_llava_next_dir: Path
 ) -> None:
-    module = make_next()
-    batch = make_batch(module, QUESTIONS, CHOSEN, REJECTED)
-    loss, values = module.preference_step(batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
-    assert torch.equal(values["rewards/margins"], torch.zeros(3))
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    losses = train_steps(module, batch, steps=5)
-    changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and all("lora_" in k for k in changed), changed
-    assert losses[-1] < math.log(2)
     base = LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir).eval()
-    module.model.eval()
-    with torch.no_grad():
-        with module.reference_context():
-            reference = module.sequence_logps(batch)
-        module.model = base  # the same computation on the plain base model
-        expected = module.sequence_logps(batch)
-    assert torch.equal(reference["chosen"], expected["chosen"])
-    assert torch.equal(reference["rejected"], expected["rejected"])
+    check_step_zero_and_training(make_next(), base)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{}, {"load_in_4bit": True}, {"gradient_checkpointing": True}, MDPO],
-    ids=["default", "nf4", "checkpointing", "mdpo"],
-)
+@SHARING
 def test_every_switch_gives_the_plain_path(make_next, settings) -> None:
     """Defaults (shared prompt, reused CLIP features, response-only logits) == the plain path,
     with the projector trained as SeVa does (its copy differs from the reference's)."""
-    common = {"modules_to_save": ["multi_modal_projector"], **settings}
-    plain, fast = make_next(**common, **PLAIN), make_next(**common)
-    for module in (plain, fast):
-        perturb(module)
-    assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
+    check_shared_prompt_equals_plain(make_next, settings, **PROJECTOR)
 
 
 @pytest.mark.parametrize("switch", ["share_prompt", "reuse_image_features", "response_logits_only"])
 def test_each_switch_alone_gives_the_plain_path(make_next, switch) -> None:
-    common = {"modules_to_save": ["multi_modal_projector"]}
-    plain, fast = make_next(**common, **PLAIN), make_next(**common, **{**PLAIN, switch: True})
-    for module in (plain, fast):
-        perturb(module)
-    assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
+    check_switches(make_next, {**PLAIN, switch: True}, **PROJECTOR)
 
 
 def test_separate_reference_with_shared_prompt(make_next, tmp_path) -> None:
-    start = make_next()
-    perturb(start)
-    start.save_adapter(tmp_path / "sft")
-    common = {"init_adapter": str(tmp_path / "sft"), "reference": "separate"}
-    shared, plain = make_next(**common), make_next(**common, **PLAIN)
-    loss, _ = shared.preference_step(batch_for(shared))
-    assert math.isclose(loss.item(), math.log(2), abs_tol=1e-6)  # policy == reference at start
-    perturb(shared, seed=2)
-    perturb(plain, seed=2)
-    assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
+    check_separate_reference(make_next, tmp_path)
 
 
 # ---------------------------------------------------------------------------- SFT
-CONVERSATIONS = [
-    [("user", "What color is the circle?"), ("assistant", "The circle is red.")],
-    [
-        ("user", "How many shapes are there?"),
-        ("assistant", "There are three shapes."),
-        ("user", "Is there a square?"),
-        ("assistant", "Yes, on the left."),
-    ],
-]
-
-
-def sft_batch(module) -> SFTBatch:
-    tokens, status = module.tokenize_conversations(CONVERSATIONS)
-    assert all(s is None for s in status)
-    return SFTBatch(pixel_values=module.preprocess_images(random_images(2)), **tokens)
-
-
 def test_sft_loss_is_the_answers_nll_and_trains_lora_only(make_next) -> None:
     module = make_next()
-    batch = sft_batch(module)
+    batch = check_sft(module, None, None, steps=3)
     # the template's answers: " answer" + EOS, two of them trained in the second row
     trained = batch.labels[1][batch.labels[1] != IGNORE_INDEX].tolist()
     tok = module.tokenizer
@@ -287,67 +219,30 @@ def test_sft_loss_is_the_answers_nll_and_trains_lora_only(make_next) -> None:
     assert tok.decode(trained, skip_special_tokens=True) == (
         " There are three shapes. Yes, on the left."
     )
-    loss, tokens = module.sft_step(batch)
-    module.model.eval()
-    with torch.no_grad():
-        logits = module.forward_logits(batch.input_ids, batch.attention_mask, batch.pixel_values)
-    targets = batch.labels[:, 1:]
-    expected = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
-    )
-    assert int(tokens) == int((targets != IGNORE_INDEX).sum()) > 0
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    module.model.train()
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        loss, _ = module.sft_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    changed = [k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and all("lora_" in k for k in changed), changed
 
 
 def test_full_finetune_trains_lm_projector_and_newline_and_exports(make_next, tmp_path) -> None:
-    module = make_next(finetune="full")
-    batch = sft_batch(module)
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss, _ = module.sft_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    changed = {k for k, v in module.model.state_dict().items() if not torch.equal(before[k], v)}
-    assert "model.image_newline" in changed and any(".language_model." in k for k in changed)
-    assert any("multi_modal_projector" in k for k in changed)
-    assert not [k for k in changed if "vision_tower" in k]
-    module.export_merged(tmp_path / "merged")
-    reloaded = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
-    module.model.eval()
-    inputs = module.vision_inputs(batch.pixel_values, batch.input_ids)
-    with torch.no_grad():
-        expected = module.model(input_ids=batch.input_ids, **inputs).logits
-        got = reloaded(input_ids=batch.input_ids, **inputs).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    again = make_next(tmp_path / "merged")  # processor saved too: a DPO base at ln 2
+    trained = ["model.image_newline", ".language_model.", "multi_modal_projector"]
+    again = check_full_finetune_export(
+        make_next, LlavaNextForConditionalGeneration, tmp_path, trained, "vision_tower", again={}
+    )
+    # processor saved too: a DPO base at ln 2
     loss, _ = again.preference_step(make_batch(again, QUESTIONS, CHOSEN, REJECTED))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
 
 
 # ---------------------------------------------------------------------------- config checks
-def config_problems(path: Path, **kwargs) -> list[str]:
-    module = LlavaNextDPOModule(model_name_or_path=str(path), **kwargs)
-    module.load_model = lambda: pytest.fail("weights loaded before the checks")  # type: ignore
-    with pytest.raises(ConfigError) as error:
-        module.configure_model()
-    return error.value.problems
+@pytest.fixture
+def no_llava_next_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_weights(monkeypatch, LlavaNextDPOModule)
 
 
+@pytest.mark.usefixtures("no_llava_next_weights")
 def test_config_checks_catch_wrong_settings(tiny_llava_next_dir: Path, tmp_path: Path) -> None:
     # "fc1" exists only in CLIP, which LoRA must not adapt; max_length below the image tokens
-    problems = config_problems(tiny_llava_next_dir, lora_target_modules=["fc1"], max_length=30)
+    problems = config_problems(
+        LlavaNextDPOModule, tiny_llava_next_dir, lora_target_modules=["fc1"], max_length=30
+    )
     assert problems[0].startswith("model.lora_target_modules: ['fc1'] match no module")
     assert problems[1].startswith("model.max_length=30 cannot hold one image")
     assert f"{TOKENS} of them image tokens" in problems[1]
@@ -362,124 +257,30 @@ def test_config_checks_catch_wrong_settings(tiny_llava_next_dir: Path, tmp_path:
     config = json.loads(config_file.read_text())
     config["image_grid_pinpoints"] = [[64, 64]]
     config_file.write_text(json.dumps(config))
-    problems = config_problems(model_dir)
+    problems = config_problems(LlavaNextDPOModule, model_dir)
     assert len(problems) == 2
     assert "makes 64x64 inputs" in problems[0] and "takes 32x32" in problems[0]
     assert "give a 32x32 image the grid 64x64" in problems[1] and "[32, 64]" in problems[1]
 
 
 # ---------------------------------------------------------------------------- pair making
-def prompt_batch(n: int) -> PromptBatch:
-    return PromptBatch(
-        ids=[f"p{i}" for i in range(n)],
-        indices=list(range(n)),
-        image_paths=[f"img{i}.png" for i in range(n)],
-        images=random_images(n),
-        questions=QUESTIONS[:n],
-    )
-
-
 def test_make_pairs_rolls_out_in_one_left_padded_generate(make_next, monkeypatch) -> None:
     module = make_next()
-    calls = []
-    generate = module.model.generate
-
-    def spy(**kwargs):
-        calls.append(kwargs)
-        return generate(**kwargs)
-
-    monkeypatch.setattr(module.model, "generate", spy)
-    dm = AugPairDataModule(
-        data_path="unused.json",
-        max_new_tokens=6,
-        augmentation=DiffusionNoise(noise_step=800),
-        drop_identical=False,
-    )
-    batch = dm.make_pairs(prompt_batch(3), module)
-    (call,) = calls  # clean and augmented images together
-    assert call["input_ids"].shape[0] == 6 and (call["attention_mask"][:, 0] == 0).any()
+    assert module.preprocessor.size == SIDE  # the batch is (3, 3, SIDE, SIDE)
+    call = check_make_pairs(module, monkeypatch)  # clean and augmented images together
     assert call["pixel_values"].shape == (6, 3, 3, SIDE, SIDE)
     assert call["image_sizes"].tolist() == [[SIDE, SIDE]] * 6
     assert call["suppress_tokens"] == [module.image_token_id()]
-    assert batch.pixel_values.shape == batch.aug_pixel_values.shape == (3, 3, SIDE, SIDE)
-    rows = batch.meta["rows"]
-    clean = module.preprocess_images(random_images(3))
-    assert [r["chosen"] for r in rows] == module.generate(clean, QUESTIONS, 6)
-    loss, _ = module.preference_step(batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli_config(tiny_dir: Path, tmp_path: Path) -> dict:
-    data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_epochs": 1,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_checkpointing": False,
-            "default_root_dir": str(tmp_path / "runs"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "next"},
-            },
-        },
-        "model": {
-            "class_path": "lightning_aug_dpo.LlavaNextDPOModule",
-            "init_args": {
-                "model_name_or_path": str(tiny_dir),
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "modules_to_save": ["multi_modal_projector"],
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_aug_dpo.AugPairDataModule",
-            "init_args": {
-                "data_path": str(data),
-                "image_folder": str(data.parent / "images"),
-                "batch_size": 2,
-                "max_new_tokens": 4,
-                "drop_identical": False,
-            },
-        },
-    }
-
-
 def test_cli_predict_then_fit_by_class_path(tiny_llava_next_dir: Path, tmp_path: Path) -> None:
-    config = cli_config(tiny_llava_next_dir, tmp_path)
-    pairs = tmp_path / "pairs.jsonl"
-    writer = {
-        "class_path": "lightning_aug_dpo.PairsWriter",
-        "init_args": {"output_path": str(pairs)},
-    }
-    predict = {**config, "trainer": {**config["trainer"], "logger": False, "callbacks": [writer]}}
-    path = tmp_path / "predict.yaml"
-    path.write_text(json.dumps(predict))  # JSON is YAML
-    cli_main(["predict", "--config", str(path)])
-    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    assert len(rows) == 4 and all(r["augmentation"] for r in rows)
-
-    data = config["data"]["init_args"]
-    del data["data_path"]  # train on the predicted pairs file instead
-    data["pairs_path"] = str(pairs)
-    path = tmp_path / "fit.yaml"
-    path.write_text(json.dumps(config))
-    cli = cli_main(["fit", "--config", str(path)])
-    assert isinstance(cli.model, LlavaNextDPOModule)
-    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
-        steps = [r for r in csv.DictReader(f) if r["train/loss"]]
-    assert len(steps) == 2  # 4 pairs / batch 2
-    assert math.isclose(float(steps[0]["train/loss"]), math.log(2), abs_tol=1e-6)
-    adapter = json.loads(
-        (Path(cli.trainer.log_dir) / "adapter" / "adapter_config.json").read_text()
+    run = check_cli_predict_then_fit(
+        "lightning_aug_dpo.LlavaNextDPOModule", tiny_llava_next_dir, tmp_path, **PROJECTOR
     )
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["augmentation"] for r in rows)
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"].startswith(r"model\.language_model\.")
 
 

@@ -13,44 +13,49 @@ work unchanged.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from conftest import make_batch, random_images
-from PIL import Image
-from test_efficiency import PLAIN, assert_same, batch_for, perturb, step
-from test_prefix_sharing import MDPO
+from family_matrix import (
+    CHOSEN,
+    CONVERSATIONS,
+    MDPO,
+    QUESTIONS,
+    REJECTED,
+    check_cli_predict_then_fit,
+    check_make_pairs,
+    check_rollout_reference_logps,
+    check_sampled_rollouts,
+    check_separate_reference,
+    check_shared_prompt_equals_plain,
+    check_switches,
+    cli_config,
+    logged_losses,
+    module_builder,
+    sft_train,
+    to_pil,
+    train_steps,
+)
+from test_efficiency import PLAIN, batch_for, perturb
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoImageProcessor, AutoTokenizer
 
 import lightning_aug_dpo as lad
-from lightning_aug_dpo import AugPairDataModule, DiffusionNoise
 from lightning_aug_dpo.cli import cli_main
-from lightning_aug_dpo.data.synthetic import write_llava_dataset
 from lightning_aug_dpo.losses import IGNORE_INDEX
-from lightning_aug_dpo.types import PromptBatch, SFTBatch
+from lightning_aug_dpo.types import SFTBatch
 from lightning_aug_dpo.validation import ConfigError
 
-QUESTIONS = ["What color is the circle?", "How many shapes are there?", "Is there a square?"]
-CHOSEN = ["The circle is red.", "There are three shapes.", "Yes, on the left."]
-REJECTED = ["The circle is blue.", "There are two shapes.", "No."]
-CONVERSATIONS = [
-    [("user", "What color is the circle?"), ("assistant", "The circle is red.")],
-    [
-        ("user", "How many shapes are there?"),
-        ("assistant", "There are three shapes."),
-        ("user", "Is there a square?"),
-        ("assistant", "Yes, on the left."),
-    ],
-]
+MERGER = {"modules_to_save": ["merger"]}  # SeVa trains the projector: Qwen's merger
+#: Prompts of different lengths, so that the rollout batch is left-padded.
+PAIR_QUESTIONS = ["What color is the circle?", "Why?", "How many shapes are there?"]
 
 
 @dataclass(frozen=True)
@@ -131,17 +136,7 @@ def family(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Family, P
 def make(family):
     """Build and configure the family's module on its tiny checkpoint (float32, CPU)."""
     fam, path = family
-
-    def build(**kwargs):
-        kwargs.setdefault("lora_r", 8)
-        kwargs.setdefault("lora_alpha", 16)
-        kwargs.setdefault("model_name_or_path", str(path))
-        torch.manual_seed(0)
-        module = fam.module_class()(**kwargs)
-        module.configure_model()
-        return module
-
-    return build
+    return module_builder(fam.module_class(), path)
 
 
 def official_processor(fam: Family, path: Path):
@@ -171,22 +166,6 @@ def official_processor(fam: Family, path: Path):
             setattr(processor, f"{kind}_token_id", tok.convert_tokens_to_ids(token))
         return processor
     return AutoProcessor.from_pretrained(path)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    return Image.fromarray(image.permute(1, 2, 0).numpy())
-
-
-def train_steps(module, batch, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = module.preference_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def tokens_of(module) -> int:
@@ -447,19 +426,10 @@ def test_efficiency_switches_give_the_plain_path(make, settings) -> None:
     response-only logits and the vision blocks run once (the mergers per forward) equal one row
     per answer with every logit and its own vision forward: values and gradients. SeVa's
     setting: the merger is trained, so the policy's copy differs from the reference's."""
-    base = {k: v for k, v in settings.items() if k not in PLAIN}
-    plain = make(modules_to_save=["merger"], **base, **PLAIN)
-    fast = make(modules_to_save=["merger"], **settings)
-    for module in (plain, fast):
-        perturb(module)
-    assert_same(step(plain, batch_for(plain)), step(fast, batch_for(fast)))
-    if settings is MDPO:  # every block of one forward, log-probs compared by size
-        blocks = ("chosen", "rejected", "chosen_aug")
-        with torch.no_grad():
-            a = plain.sequence_logps(batch_for(plain), blocks)
-            b = fast.sequence_logps(batch_for(fast), blocks)
-        for name in blocks:
-            torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-6, msg=name)
+    if set(settings) <= set(PLAIN):  # switches only (the defaults: none given)
+        check_switches(make, settings, **MERGER)
+    else:  # a setting on both sides; every block's log-probs compared too
+        check_shared_prompt_equals_plain(make, settings, **MERGER)
 
 
 def test_the_vision_blocks_run_once_per_step(make) -> None:
@@ -489,16 +459,7 @@ def test_the_vision_blocks_run_once_per_step(make) -> None:
 
 
 def test_separate_reference_with_shared_prompt(make, tmp_path) -> None:
-    start = make()
-    perturb(start)
-    start.save_adapter(tmp_path / "sft")
-    common = {"init_adapter": str(tmp_path / "sft"), "reference": "separate"}
-    shared, plain = make(**common), make(**common, **PLAIN)
-    loss, _ = shared.preference_step(batch_for(shared))
-    assert math.isclose(loss.item(), math.log(2), abs_tol=1e-6)  # policy == reference at start
-    perturb(shared, seed=2)
-    perturb(plain, seed=2)
-    assert_same(step(plain, batch_for(plain)), step(shared, batch_for(shared)))
+    check_separate_reference(make, tmp_path)
 
 
 @pytest.mark.parametrize("load_in_4bit", [False, True], ids=["fp32", "nf4"])
@@ -531,38 +492,11 @@ def test_merger_trained_with_lora_exports_adapter_and_merged_model(
 
 
 # ---------------------------------------------------------------------------- pair making
-def prompt_batch(n: int) -> PromptBatch:
-    return PromptBatch(
-        ids=[f"p{i}" for i in range(n)],
-        indices=list(range(n)),
-        image_paths=[f"img{i}.png" for i in range(n)],
-        images=random_images(n),
-        questions=["What color is the circle?", "Why?", "How many shapes are there?"][:n],
-    )
-
-
 def test_make_pairs_rolls_out_in_one_left_padded_generate(make, family, monkeypatch) -> None:
     fam, _ = family
     module = make()
-    calls = []
-    generate = module.model.generate
-
-    def spy(**kwargs):
-        calls.append(kwargs)
-        return generate(**kwargs)
-
-    monkeypatch.setattr(module.model, "generate", spy)
-    dm = AugPairDataModule(
-        data_path="unused.json",
-        max_new_tokens=6,
-        augmentation=DiffusionNoise(noise_step=800),
-        drop_identical=False,  # a random tiny model may answer both images alike
-    )
-    batch = dm.make_pairs(prompt_batch(3), module)
-    assert len(calls) == 1  # clean and augmented images together
-    call = calls[0]
-    mask, ids = call["attention_mask"], call["input_ids"]
-    assert ids.shape[0] == 6 and (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
+    assert module.preprocessor.size == fam.side  # the batch is (3, 3, side, side)
+    call = check_make_pairs(module, monkeypatch, PAIR_QUESTIONS)
     patch = fam.factor // 2
     assert call["pixel_values"].shape == (6 * 16, 3 * 2 * patch * patch)
     assert call["image_grid_thw"].tolist() == [[1, 4, 4]] * 6
@@ -570,50 +504,17 @@ def test_make_pairs_rolls_out_in_one_left_padded_generate(make, family, monkeypa
     config = module.model.config
     markers = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     assert sorted(call["suppress_tokens"]) == sorted(getattr(config, m) for m in markers)
-    # a PreferenceBatch in the family-agnostic (B, 3, H, W) form, ready for the DPO step
-    assert len(batch) == 3 and batch.pixel_values.shape == (3, 3, fam.side, fam.side)
-    assert batch.aug_pixel_values.shape == batch.pixel_values.shape
-    assert not torch.equal(batch.aug_pixel_values, batch.pixel_values)
-    rows = batch.meta["rows"]
-    clean = module.preprocess_images(random_images(3))
-    assert [r["chosen"] for r in rows] == module.generate(clean, prompt_batch(3).questions, 6)
-    loss, _ = module.preference_step(batch)
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_reference_logps_from_the_rollout_equal_a_reference_forward(make) -> None:
     """``reuse_rollout_reference_logps``: the logits of ``generate`` (KV cache, M-RoPE deltas)
     score the chosen answers as a reference forward over the same tokens does."""
     module = make(reuse_rollout_reference_logps=True)
-    dm = AugPairDataModule(
-        data_path="unused.json",
-        max_new_tokens=6,
-        augmentation=DiffusionNoise(noise_step=900),
-        drop_identical=False,
-        rollout_model="reference",
-    )
-    batch = dm.make_pairs(prompt_batch(3), module)
-    assert batch.reference_chosen_logps is not None and len(batch) == 3
-    with torch.no_grad(), module.reference_context():
-        forward = module.sequence_logps(batch)["chosen"]
-    torch.testing.assert_close(batch.reference_chosen_logps, forward, atol=1e-4, rtol=1e-5)
-    perturb(module)
-    reused = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
-    batch.reference_chosen_logps = None
-    computed = {k: v.detach() for k, v in module.preference_step(batch)[1].items()}
-    for key in computed:
-        torch.testing.assert_close(reused[key], computed[key], atol=1e-4, rtol=1e-4, msg=key)
+    check_rollout_reference_logps(module, PAIR_QUESTIONS, rollout_model="reference")
 
 
 def test_sampled_rollouts_give_num_samples_answers_per_image(make) -> None:
-    from lightning_aug_dpo.types import Sampling
-
-    module = make()
-    pixels = module.preprocess_images(random_images(2))
-    torch.manual_seed(0)
-    sampling = Sampling(do_sample=True, temperature=1.0, num_samples=2)
-    rollouts = module.rollout(pixels, QUESTIONS[:2], max_new_tokens=5, sampling=sampling)
-    assert len(rollouts) == 4 and all(0 < r.num_tokens <= 5 for r in rollouts)
+    check_sampled_rollouts(make())
 
 
 # ---------------------------------------------------------------------------- SFT
@@ -632,18 +533,6 @@ def logits_of(model, batch: SFTBatch, module) -> torch.Tensor:
             attention_mask=batch.attention_mask,
             **module.vision_inputs(batch.pixel_values, batch.input_ids),
         ).logits
-
-
-def sft_train(module, batch: SFTBatch, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, _ = module.sft_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_sft_single_turn_is_the_dpo_paths_tokens(make) -> None:
@@ -735,87 +624,31 @@ def test_full_finetune_trains_lm_and_projector_and_exports_a_plain_model(
         rtol=0,
         atol=1e-5,
     )
-    again = make(model_name_or_path=str(tmp_path / "merged"), finetune="full")
+    again = make(tmp_path / "merged", finetune="full")
     assert again.tokenizer.chat_template == module.tokenizer.chat_template
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli_config(fam: Family, path: Path, tmp_path: Path, data: dict[str, Any]) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_epochs": 1,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_checkpointing": False,
-            "default_root_dir": str(tmp_path / "runs"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": fam.name},
-            },
-        },
-        "model": {
-            "class_path": f"lightning_aug_dpo.{fam.module}",
-            "init_args": {
-                "model_name_or_path": str(path),
-                "image_size": fam.side,
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_aug_dpo.AugPairDataModule",
-            "init_args": {"batch_size": 2, "max_new_tokens": 4, "drop_identical": False, **data},
-        },
-    }
-    out = tmp_path / f"{fam.name}.yaml"
-    out.write_text(json.dumps(config))  # JSON is YAML
-    return out
-
-
-def logged_losses(cli) -> list[float]:
-    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
-        return [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
-
-
 def test_cli_fit_by_class_path(family, tmp_path: Path) -> None:
     fam, path = family
-    data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
-    images = str(data.parent / "images")
-    config = cli_config(fam, path, tmp_path, {"data_path": str(data), "image_folder": images})
+    class_path = f"lightning_aug_dpo.{fam.module}"
+    config = cli_config(class_path, path, tmp_path, image_size=fam.side)
     cli = cli_main(["fit", "--config", str(config)])
     assert type(cli.model) is fam.module_class() and cli.model.hparams.image_size == fam.side
-    losses = logged_losses(cli)
+    run = Path(cli.trainer.log_dir)
+    losses = logged_losses(run)
     assert len(losses) == 2  # 4 prompts / batch 2
     assert math.isclose(losses[0], math.log(2), abs_tol=1e-6)
-    adapter = json.loads(
-        (Path(cli.trainer.log_dir) / "adapter" / "adapter_config.json").read_text()
-    )
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"].startswith(r"model\.language_model\.")
 
 
 def test_offline_predict_writes_pairs_that_fit_trains_on(family, tmp_path: Path) -> None:
     fam, path = family
-    data = write_llava_dataset(tmp_path / "data", num_images=4, seed=0)
-    images = str(data.parent / "images")
-    pairs = tmp_path / "pairs.jsonl"
-    config = cli_config(fam, path, tmp_path, {"data_path": str(data), "image_folder": images})
-    writer = {
-        "class_path": "lightning_aug_dpo.PairsWriter",
-        "init_args": {"output_path": str(pairs)},
-    }
-    cli_main(["predict", "--config", str(config), f"--trainer.callbacks+={json.dumps(writer)}"])
-    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    class_path = f"lightning_aug_dpo.{fam.module}"
+    check_cli_predict_then_fit(class_path, path, tmp_path, image_size=fam.side)
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["chosen"] and r["augmentation"] for r in rows)
-    overrides = ["--data.init_args.data_path=null", f"--data.init_args.pairs_path={pairs}"]
-    cli = cli_main(["fit", "--config", str(config), *overrides])
-    losses = logged_losses(cli)
-    assert len(losses) == 2 and math.isclose(losses[0], math.log(2), abs_tol=1e-6)
 
 
 def test_demo_config_takes_the_family_by_class_path(family) -> None:

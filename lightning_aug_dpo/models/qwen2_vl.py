@@ -43,7 +43,8 @@ DEFAULT_IMAGE_SIZE = 448
 
 @dataclass
 class TokenizerAndImageProcessor:
-    """The parts of ``Qwen2VLProcessor`` this module uses, loaded without its video processor."""
+    """The parts of ``Qwen2VLProcessor`` this module uses, loaded without its video processor
+    (InternVL's and SmolVLM's modules load theirs the same way)."""
 
     tokenizer: Any
     image_processor: Any

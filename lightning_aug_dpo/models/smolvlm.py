@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,26 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_aug_dpo.augment import ImagePreprocessor
+from lightning_aug_dpo.models.qwen2_vl import TokenizerAndImageProcessor
 from lightning_aug_dpo.module import AugDPOModule
 
 END_OF_UTTERANCE = "<end_of_utterance>"
-
-
-@dataclass
-class TokenizerAndImageProcessor:
-    """The parts of ``SmolVLMProcessor`` this module uses, loaded without its video processor."""
-
-    tokenizer: Any
-    image_processor: Any
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        """The prompt text, as the processor's ``apply_chat_template`` renders it."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-
-    def save_pretrained(self, path: str) -> None:
-        """Both parts into ``path`` (merged exports), where ``load_processor`` finds them."""
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
 
 
 class SquareResize(ImagePreprocessor):

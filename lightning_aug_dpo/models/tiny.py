@@ -21,13 +21,15 @@ Usage: ``python -m lightning_aug_dpo.models.tiny OUT_DIR [--hidden-size 128 --pa
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe
 
 Spec = TypeVar("Spec")
 
@@ -49,20 +51,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-
-# A fixed corpus: enough distinct words for BPE to reach the target vocabulary deterministically.
-_WORDS = """
-the a an is are was were of in on at to and or not with what which who how many much color
-colour shape shapes circle square triangle rectangle left right top bottom middle center above
-below next behind front red green blue yellow purple orange white black gray grey brown pink
-one two three four five six seven eight nine ten zero yes no there image picture photo book
-cover title author word written text letter number count answer question describe detail
-caption provide sentence single phrase reference ocr token this that these those it its
-they them he she his her we you your can could would should do does did has have had be been
-large small big little tall short round dark light bright background object objects scene
-person people man woman dog cat car bus tree house sky water road sign street table food
-USER ASSISTANT User Assistant
-""".split()  # noqa: SIM905 (a word list reads best as prose)
 
 
 def _opt(default: int, help: str) -> Any:
@@ -109,29 +97,43 @@ def spec_from_args(spec_type: type[Spec], args: argparse.Namespace) -> Spec:
     return spec_type(**{f.name: getattr(args, f.name) for f in fields(spec_type)})
 
 
+def writer_main(
+    argv: list[str] | None,
+    doc: str,
+    spec_type: type[Spec],
+    write: Callable[[str, Spec], Path],
+    label: str,
+) -> int:
+    """The command line of a tiny checkpoint writer: ``OUT_DIR`` and one option per field of
+    ``spec_type``; ``write(out_dir, spec)`` writes the checkpoint, ``label`` names it in the
+    message. ``doc``'s first paragraph (the writer module's docstring) describes the command."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    add_spec_arguments(parser, spec_type)
+    args = parser.parse_args(argv)
+    path = write(args.out_dir, spec_from_args(spec_type, args))
+    print(f"tiny {label} written to {path}")
+    return 0
+
+
+def point_auto_processor(out: Path, processor_class: str) -> None:
+    """Name ``processor_class`` in the saved image processor and tokenizer configs, as the hub
+    repos do, so that ``AutoProcessor`` loads ``out`` (for processors this project cannot build
+    here: their video processor needs torchvision)."""
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text())
+        data["processor_class"] = processor_class
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def build_tokenizer(vocab_size: int):
     """Train a byte-level BPE tokenizer of exactly ``vocab_size`` entries, offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = train_bpe(vocab_size, SPECIAL_TOKENS, unk_token="<unk>")
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    # Vary capitalisation and punctuation so merges cover realistic prompts.
-    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    if tok.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny tokenizer has {tok.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny.py"
-        )
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
@@ -230,13 +232,7 @@ def write_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyLlavaSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_llava(args.out_dir, spec_from_args(TinyLlavaSpec, args))
-    print(f"tiny LLaVA written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyLlavaSpec, write_tiny_llava, "LLaVA")
 
 
 if __name__ == "__main__":

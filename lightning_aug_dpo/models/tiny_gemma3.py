@@ -24,8 +24,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_gemma3 OUT_DIR [--hidden-size 1
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,8 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 SPECIAL_TOKENS = [
@@ -120,31 +119,21 @@ class TinyGemma3Spec:
 
 def build_gemma_tokenizer(vocab_size: int) -> Any:
     """A ``GemmaTokenizer`` of exactly ``vocab_size`` entries, trained offline (deterministic)."""
-    from tokenizers import Tokenizer, models, normalizers, trainers
     from transformers import GemmaTokenizer
 
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.normalizer = normalizers.Replace(" ", "▁")  # GemmaTokenizer's normaliser
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=list("\n▁?.,:!0123456789"),
-        show_progress=False,
+    bpe = train_bpe(
+        vocab_size,
+        SPECIAL_TOKENS,
+        template_text=["user\n", "model\n", "\n\n", "\n\n\n"],  # the template's, processor's
+        pre_tokenization="sentencepiece",
+        unk_token="<unk>",
+        label="tiny Gemma tokenizer",
+        writer="tiny_gemma3.py",
     )
-    words = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus = [f" {line}" for line in words]  # words after a space: the ▁-prefixed pieces
-    corpus += ["user\n", "model\n", "\n\n", "\n\n\n"]  # the template's and processor's text
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    bpe.train_from_iterator(corpus * 4, trainer=trainer)
-    if bpe.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny Gemma tokenizer has {bpe.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny_gemma3.py"
-        )
-    trained = json.loads(bpe.to_str())["model"]
+    vocab, merges = vocab_and_merges(bpe)
     tokenizer = GemmaTokenizer(
-        vocab=trained["vocab"],
-        merges=[tuple(pair) for pair in trained["merges"]],
+        vocab=vocab,
+        merges=merges,
         extra_special_tokens={
             "boi_token": BOI_TOKEN,
             "eoi_token": EOI_TOKEN,
@@ -254,13 +243,7 @@ def write_tiny_gemma3(out_dir: str | Path, spec: TinyGemma3Spec | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyGemma3Spec)
-    args = parser.parse_args(argv)
-    path = write_tiny_gemma3(args.out_dir, spec_from_args(TinyGemma3Spec, args))
-    print(f"tiny Gemma 3 written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyGemma3Spec, write_tiny_gemma3, "Gemma 3")
 
 
 if __name__ == "__main__":

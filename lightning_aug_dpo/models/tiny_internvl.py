@@ -27,8 +27,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_internvl OUT_DIR [--hidden-size
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +34,8 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, point_auto_processor, writer_main
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 START_IMAGE, IMAGE_TOKEN, END_IMAGE, VIDEO_TOKEN = "<img>", "<IMG_CONTEXT>", "</img>", "<video>"
 # Ids 0..7 in this order; the hub tokenizer has them at 151643.. (<|endoftext|>, ChatML) and
@@ -89,36 +88,21 @@ class TinyInternVLSpec:
 def build_internvl_tokenizer(vocab_size: int) -> Any:
     """A ``Qwen2Tokenizer`` of exactly ``vocab_size`` entries with InternVL's image tokens as
     named special tokens (what ``InternVLProcessor`` reads), trained offline (deterministic)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
+    bpe = train_bpe(
+        vocab_size,
+        SPECIAL_TOKENS,
+        template_text=["system\nuser\nassistant\n"],
+        pre_tokenization="qwen2",
+        label="tiny InternVL tokenizer",
+        writer="tiny_internvl.py",
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += ["system\nuser\nassistant\n"]  # the template's text
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    bpe.train_from_iterator(corpus * 4, trainer=trainer)
-    if bpe.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny InternVL tokenizer has {bpe.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny_internvl.py"
-        )
-    trained = json.loads(bpe.to_str())["model"]
+    vocab, merges = vocab_and_merges(bpe)
     tokenizer = Qwen2Tokenizer(
-        vocab=trained["vocab"],
-        merges=[tuple(pair) for pair in trained["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token=None,  # byte-level: nothing is unknown
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -209,11 +193,7 @@ def write_tiny_internvl(out_dir: str | Path, spec: TinyInternVLSpec | None = Non
     tokenizer.save_pretrained(out)
     # InternVLProcessor cannot be built here without torchvision (its video processor), so
     # point AutoProcessor at it the way the hub repos do.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "InternVLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    point_auto_processor(out, "InternVLProcessor")
     processor = {"processor_class": "InternVLProcessor", "image_seq_length": tokens_per_tile}
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     (out / "tiny_internvl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
@@ -221,13 +201,7 @@ def write_tiny_internvl(out_dir: str | Path, spec: TinyInternVLSpec | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyInternVLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_internvl(args.out_dir, spec_from_args(TinyInternVLSpec, args))
-    print(f"tiny InternVL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyInternVLSpec, write_tiny_internvl, "InternVL")
 
 
 if __name__ == "__main__":

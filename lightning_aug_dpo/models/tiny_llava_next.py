@@ -24,7 +24,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_llava_next OUT_DIR [--hidden-si
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,9 +34,8 @@ from lightning_aug_dpo.models.tiny import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
     _opt,
-    add_spec_arguments,
     build_tokenizer,
-    spec_from_args,
+    writer_main,
 )
 
 # llava-hf/llava-v1.6-mistral-7b-hf chat_template.json, verbatim.
@@ -166,13 +164,7 @@ def write_tiny_llava_next(out_dir: str | Path, spec: TinyLlavaNextSpec | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyLlavaNextSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_llava_next(args.out_dir, spec_from_args(TinyLlavaNextSpec, args))
-    print(f"tiny LLaVA-NeXT written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyLlavaNextSpec, write_tiny_llava_next, "LLaVA-NeXT")
 
 
 if __name__ == "__main__":

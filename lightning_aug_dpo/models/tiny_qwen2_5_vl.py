@@ -24,19 +24,16 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_5_vl OUT_DIR [--hidden-si
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
 from lightning_aug_dpo.models.tiny_qwen2_vl import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
     build_qwen2_tokenizer,
-    mrope_section,
+    qwen2_text_config,
+    save_qwen_vl,
 )
 
 #: The hub's Qwen2.5-VL image processor: CLIP normalisation, 14 px patches, 2x2 merge.
@@ -78,9 +75,6 @@ def write_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwen2_5_VLSpec | None =
     installed) without network access. Deterministic per spec.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
 
     spec = spec or TinyQwen2_5_VLSpec()
     factor = spec.patch_size * spec.merge_size
@@ -92,25 +86,7 @@ def write_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwen2_5_VLSpec | None =
     tokenizer = build_qwen2_tokenizer(spec.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
-    head_dim = spec.hidden_size // spec.num_attention_heads
-    text_config = dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": mrope_section(head_dim),
-        },
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        attention_dropout=0.0,
-    )
+    text_config = qwen2_text_config(spec, ids)
     vision_config = dict(
         depth=spec.vision_depth,
         hidden_size=spec.vision_hidden_size,
@@ -134,44 +110,23 @@ def write_tiny_qwen2_5_vl(out_dir: str | Path, spec: TinyQwen2_5_VLSpec | None =
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    generation = model.generation_config
-    generation.pad_token_id = ids["<|endoftext|>"]
-    generation.bos_token_id = ids["<|endoftext|>"]
-    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
-    model.save_pretrained(out)
-
-    pixels = spec.image_size**2
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
-        patch_size=spec.patch_size,
-        temporal_patch_size=spec.temporal_patch_size,
-        merge_size=spec.merge_size,
+    save_qwen_vl(
+        out,
+        Qwen2_5_VLForConditionalGeneration,
+        config,
+        spec,
+        ids,
+        tokenizer,
         image_mean=IMAGE_MEAN,
         image_std=IMAGE_STD,
+        processor_class="Qwen2_5_VLProcessor",
+        spec_file="tiny_qwen2_5_vl_spec.json",
     )
-    image_processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # Qwen2_5_VLProcessor cannot be built here without torchvision (its video processor), so
-    # point AutoProcessor at it the way the hub repos do: processor_class in the sub-configs.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "Qwen2_5_VLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "tiny_qwen2_5_vl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen2_5_VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen2_5_vl(args.out_dir, spec_from_args(TinyQwen2_5_VLSpec, args))
-    print(f"tiny Qwen2.5-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen2_5_VLSpec, write_tiny_qwen2_5_vl, "Qwen2.5-VL")
 
 
 if __name__ == "__main__":

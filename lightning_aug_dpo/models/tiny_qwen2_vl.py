@@ -25,8 +25,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_vl OUT_DIR [--hidden-size
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +32,8 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, point_auto_processor, writer_main
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 IMAGE_TOKEN = "<|image_pad|>"
 # Ids 0..6 in this order; the hub checkpoints have the same tokens at 151643..151656.
@@ -103,37 +102,22 @@ def mrope_section(head_dim: int) -> list[int]:
 
 def build_qwen2_tokenizer(vocab_size: int) -> Any:
     """A ``Qwen2Tokenizer`` of exactly ``vocab_size`` entries, trained offline (deterministic)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    bpe = Tokenizer(models.BPE())
-    # Train with the pre-tokenization Qwen2Tokenizer applies, so every merge is reachable.
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
+    # Trained with the pre-tokenization Qwen2Tokenizer applies, so every merge is reachable.
+    bpe = train_bpe(
+        vocab_size,
+        SPECIAL_TOKENS,
+        template_text=["system\nYou are a helpful assistant.\nuser\nassistant\n"],
+        pre_tokenization="qwen2",
+        label="tiny Qwen2 tokenizer",
+        writer="tiny_qwen2_vl.py",
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += ["system\nYou are a helpful assistant.\nuser\nassistant\n"]  # the template's text
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    bpe.train_from_iterator(corpus * 4, trainer=trainer)
-    if bpe.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny Qwen2 tokenizer has {bpe.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny_qwen2_vl.py"
-        )
-    trained = json.loads(bpe.to_str())["model"]
+    vocab, merges = vocab_and_merges(bpe)
     tokenizer = Qwen2Tokenizer(
-        vocab=trained["vocab"],
-        merges=[tuple(pair) for pair in trained["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token=None,  # byte-level: nothing is unknown
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -150,29 +134,11 @@ def build_qwen2_tokenizer(vocab_size: int) -> Any:
     return tokenizer
 
 
-def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None) -> Path:
-    """Write config, safetensors weights, tokenizer, chat template and image processor config.
-
-    The result loads with ``Qwen2VLForConditionalGeneration.from_pretrained(out_dir)``,
-    ``AutoTokenizer`` and ``AutoImageProcessor`` (and ``AutoProcessor`` where torchvision is
-    installed) without network access. Deterministic per spec.
-    """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-
-    spec = spec or TinyQwen2VLSpec()
-    factor = spec.patch_size * spec.merge_size
-    if spec.image_size % factor:
-        raise ValueError(f"image_size {spec.image_size} is not a multiple of {factor}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_qwen2_tokenizer(spec.vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-
+def qwen2_text_config(spec: Any, ids: dict[str, int]) -> dict[str, Any]:
+    """The Qwen2 language model of Qwen2-VL and Qwen2.5-VL (M-RoPE of :func:`mrope_section`),
+    at the sizes of ``spec``, with the special token ``ids``."""
     head_dim = spec.hidden_size // spec.num_attention_heads
-    text_config = dict(
+    return dict(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -190,6 +156,72 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
         pad_token_id=ids["<|endoftext|>"],
         attention_dropout=0.0,
     )
+
+
+def save_qwen_vl(
+    out: Path,
+    model_class: type,
+    config: Any,
+    spec: Any,
+    ids: dict[str, int],
+    tokenizer: Any,
+    *,
+    image_mean: list[float],
+    image_std: list[float],
+    processor_class: str,
+    spec_file: str,
+) -> None:
+    """What the Qwen-VL writers share once the config is made: ``model_class``'s seeded weights
+    with the hub's generation config, the Qwen2-VL image processor with ``min_pixels =
+    max_pixels = image_size**2``, the tokenizer, the ``processor_class`` entries and the spec."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    torch.manual_seed(spec.seed)
+    model = model_class(config).eval()
+    generation = model.generation_config
+    generation.pad_token_id = ids["<|endoftext|>"]
+    generation.bos_token_id = ids["<|endoftext|>"]
+    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
+    model.save_pretrained(out)
+
+    pixels = spec.image_size**2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.merge_size,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
+    image_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # The processor itself cannot be built here without torchvision (its video processor), so
+    # point AutoProcessor at it the way the hub repos do: processor_class in the sub-configs.
+    point_auto_processor(out, processor_class)
+    (out / spec_file).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, chat template and image processor config.
+
+    The result loads with ``Qwen2VLForConditionalGeneration.from_pretrained(out_dir)``,
+    ``AutoTokenizer`` and ``AutoImageProcessor`` (and ``AutoProcessor`` where torchvision is
+    installed) without network access. Deterministic per spec.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    spec = spec or TinyQwen2VLSpec()
+    factor = spec.patch_size * spec.merge_size
+    if spec.image_size % factor:
+        raise ValueError(f"image_size {spec.image_size} is not a multiple of {factor}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen2_tokenizer(spec.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+    text_config = qwen2_text_config(spec, ids)
     vision_config = dict(
         depth=spec.vision_depth,
         embed_dim=spec.vision_embed_dim,
@@ -208,44 +240,23 @@ def write_tiny_qwen2_vl(out_dir: str | Path, spec: TinyQwen2VLSpec | None = None
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    generation = model.generation_config
-    generation.pad_token_id = ids["<|endoftext|>"]
-    generation.bos_token_id = ids["<|endoftext|>"]
-    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
-    model.save_pretrained(out)
-
-    pixels = spec.image_size**2
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
-        patch_size=spec.patch_size,
-        temporal_patch_size=spec.temporal_patch_size,
-        merge_size=spec.merge_size,
+    save_qwen_vl(
+        out,
+        Qwen2VLForConditionalGeneration,
+        config,
+        spec,
+        ids,
+        tokenizer,
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
+        processor_class="Qwen2VLProcessor",
+        spec_file="tiny_qwen2_vl_spec.json",
     )
-    image_processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # Qwen2VLProcessor cannot be built here without torchvision, so point AutoProcessor at it
-    # the way the hub repos do: a processor_class entry in the sub-processor configs.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "Qwen2VLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "tiny_qwen2_vl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen2VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen2_vl(args.out_dir, spec_from_args(TinyQwen2VLSpec, args))
-    print(f"tiny Qwen2-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen2VLSpec, write_tiny_qwen2_vl, "Qwen2-VL")
 
 
 if __name__ == "__main__":

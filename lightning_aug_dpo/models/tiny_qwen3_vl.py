@@ -24,19 +24,16 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_qwen3_vl OUT_DIR [--hidden-size
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, writer_main
 from lightning_aug_dpo.models.tiny_qwen2_vl import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
     build_qwen2_tokenizer,
+    save_qwen_vl,
 )
 
 # Qwen3-VL-Instruct's chat template (hub chat_template.json), verbatim: ChatML, an optional
@@ -210,9 +207,6 @@ def write_tiny_qwen3_vl(out_dir: str | Path, spec: TinyQwen3VLSpec | None = None
     installed) without network access. Deterministic per spec.
     """
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
 
     spec = spec or TinyQwen3VLSpec()
     factor = spec.patch_size * spec.merge_size
@@ -266,44 +260,23 @@ def write_tiny_qwen3_vl(out_dir: str | Path, spec: TinyQwen3VLSpec | None = None
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
-    generation = model.generation_config
-    generation.pad_token_id = ids["<|endoftext|>"]
-    generation.bos_token_id = ids["<|endoftext|>"]
-    generation.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]  # as the hub's
-    model.save_pretrained(out)
-
-    pixels = spec.image_size**2
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels},  # min_pixels = max_pixels
-        patch_size=spec.patch_size,
-        temporal_patch_size=spec.temporal_patch_size,
-        merge_size=spec.merge_size,
+    save_qwen_vl(
+        out,
+        Qwen3VLForConditionalGeneration,
+        config,
+        spec,
+        ids,
+        tokenizer,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
+        processor_class="Qwen3VLProcessor",
+        spec_file="tiny_qwen3_vl_spec.json",
     )
-    image_processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # Qwen3VLProcessor cannot be built here without torchvision (its video processor), so point
-    # AutoProcessor at it the way the hub repos do: processor_class in the sub-configs.
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = "Qwen3VLProcessor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "tiny_qwen3_vl_spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    add_spec_arguments(parser, TinyQwen3VLSpec)
-    args = parser.parse_args(argv)
-    path = write_tiny_qwen3_vl(args.out_dir, spec_from_args(TinyQwen3VLSpec, args))
-    print(f"tiny Qwen3-VL written to {path}")
-    return 0
+    return writer_main(argv, __doc__, TinyQwen3VLSpec, write_tiny_qwen3_vl, "Qwen3-VL")
 
 
 if __name__ == "__main__":

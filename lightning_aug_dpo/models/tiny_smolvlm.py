@@ -28,7 +28,6 @@ Usage: ``python -m lightning_aug_dpo.models.tiny_smolvlm OUT_DIR [--hidden-size 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _WORDS, _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>", "<image>"
 END_OF_UTTERANCE = "<end_of_utterance>"
@@ -87,30 +87,19 @@ class TinySmolVLMSpec:
 
 def build_smolvlm_tokenizer(vocab_size: int) -> Any:
     """A ``GPT2Tokenizer`` of exactly ``vocab_size`` entries, trained offline (deterministic)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2Tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    bpe = train_bpe(
+        vocab_size,
+        SPECIAL_TOKENS,
+        template_text=["User: Assistant:\n"],
+        label="tiny SmolVLM tokenizer",
+        writer="tiny_smolvlm.py",
     )
-    corpus = [" ".join(_WORDS), " ".join(w.capitalize() for w in _WORDS), "? . , : ! 0 1 2 3"]
-    corpus += ["User: Assistant:\n"]  # the template's text
-    corpus += [f"{a} {b}" for a, b in itertools.pairwise(_WORDS)]
-    bpe.train_from_iterator(corpus * 4, trainer=trainer)
-    if bpe.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"tiny SmolVLM tokenizer has {bpe.get_vocab_size()} entries, expected {vocab_size}; "
-            "extend the corpus in lightning_aug_dpo/models/tiny_smolvlm.py"
-        )
-    trained = json.loads(bpe.to_str())["model"]
+    vocab, merges = vocab_and_merges(bpe)
     tokenizer = GPT2Tokenizer(
-        vocab=trained["vocab"],
-        merges=[tuple(pair) for pair in trained["merges"]],
+        vocab=vocab,
+        merges=merges,
         unk_token="<|endoftext|>",
         bos_token="<|im_start|>",
         eos_token=END_OF_UTTERANCE,
