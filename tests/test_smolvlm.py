@@ -99,6 +99,9 @@ def test_checkpoint_round_trips_through_from_pretrained(tiny_smolvlm_dir, tmp_pa
     processor = official_processor(tiny_smolvlm_dir)
     assert type(processor.image_processor).__name__ == "SmolVLMImageProcessorPil"
     assert processor.image_processor.do_image_splitting is False and processor.image_seq_len == 4
+    for name in ("preprocessor_config.json", "tokenizer_config.json", "processor_config.json"):
+        config = json.loads((tiny_smolvlm_dir / name).read_text())  # what AutoProcessor reads
+        assert config["processor_class"] == "SmolVLMProcessor", name
     tok = processor.tokenizer
     assert len(tok) == model.config.text_config.vocab_size == 512 and tok.bos_token_id is not None
     assert (tok.eos_token, tok.pad_token) == ("<end_of_utterance>", "<|im_end|>")

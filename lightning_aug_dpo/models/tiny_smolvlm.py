@@ -35,7 +35,12 @@ from typing import Any
 
 import torch
 
-from lightning_aug_dpo.models.tiny import _opt, add_spec_arguments, spec_from_args
+from lightning_aug_dpo.models.tiny import (
+    _opt,
+    add_spec_arguments,
+    point_auto_processor,
+    spec_from_args,
+)
 from lightning_aug_dpo.models.tiny_tokenizer import train_bpe, vocab_and_merges
 
 FAKE_TOKEN, GLOBAL_TOKEN, IMAGE_TOKEN = "<fake_token_around_image>", "<global-img>", "<image>"
@@ -215,11 +220,7 @@ def write_tiny_smolvlm(
     image_processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_seq_len = patches**2 // spec.scale_factor**2
-    for name in ("preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        data = json.loads(path.read_text())
-        data["processor_class"] = f"{name}Processor"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    point_auto_processor(out, f"{name}Processor")
     (out / "processor_config.json").write_text(
         json.dumps({"image_seq_len": image_seq_len, "processor_class": f"{name}Processor"}) + "\n"
     )
