@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_aug_dpo.models.qwen2_vl import TokenizerAndImageProcessor
+from lightning_aug_dpo.models.processor_parts import TokenizerAndImageProcessor
 from lightning_aug_dpo.module import AugDPOModule
 
 

@@ -28,36 +28,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_aug_dpo.augment import ImagePreprocessor
+from lightning_aug_dpo.models.processor_parts import TokenizerAndImageProcessor
 from lightning_aug_dpo.module import AugDPOModule
 
 #: Resolution used when neither ``image_size`` nor the checkpoint pins one: 16x16 merged tokens.
 DEFAULT_IMAGE_SIZE = 448
-
-
-@dataclass
-class TokenizerAndImageProcessor:
-    """The parts of ``Qwen2VLProcessor`` this module uses, loaded without its video processor
-    (InternVL's and SmolVLM's modules load theirs the same way)."""
-
-    tokenizer: Any
-    image_processor: Any
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        """The prompt text, as ``Qwen2VLProcessor.apply_chat_template`` renders it."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-
-    def save_pretrained(self, path: str) -> None:
-        """Both parts into ``path`` (merged exports), where :meth:`Qwen2VLDPOModule.load_processor`
-        and transformers' ``AutoTokenizer`` / ``AutoImageProcessor`` find them."""
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
 
 
 class Qwen2VLDPOModule(AugDPOModule):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_aug_dpo.augment import ImagePreprocessor
-from lightning_aug_dpo.models.qwen2_vl import TokenizerAndImageProcessor
+from lightning_aug_dpo.models.processor_parts import TokenizerAndImageProcessor
 from lightning_aug_dpo.module import AugDPOModule
 
 END_OF_UTTERANCE = "<end_of_utterance>"
