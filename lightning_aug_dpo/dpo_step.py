@@ -155,7 +155,10 @@ class DPOStepMixin:
         images = batch.pixel_values
         if with_augmented:
             images = torch.cat([images, batch.aug_pixel_values])
-        features = self.encode_images(images) if self.hparams.reuse_image_features else None
+        # A trained vision tower (train_vision_tower) must run in each forward, with grad, and
+        # differs between policy and reference: its output cannot be shared.
+        reuse = self.hparams.reuse_image_features and not self.hparams.train_vision_tower
+        features = self.encode_images(images) if reuse else None
         augmented = ("chosen_aug",) if with_augmented else ()
         policy = self.sequence_logps(batch, ("chosen", "rejected", *augmented), features)
         reference: dict[str, torch.Tensor] = {}

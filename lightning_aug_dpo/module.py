@@ -81,8 +81,9 @@ class AugDPOModule(
             carrying ``init_adapter``, needed when training starts from an existing adapter.
         reuse_image_features: run the frozen vision tower once per step and reuse its output
             in every forward (chosen and rejected, policy and reference); the projector, which
-            SeVa trains, still runs per forward. Exact; only families that implement
-            ``encode_images`` (LLaVA) use it.
+            SeVa trains, still runs per forward. Exact; families that implement
+            ``encode_images`` use it (every shipped one but Qwen2-VL); off by itself with
+            ``train_vision_tower``, whose tower must run with grad in each forward.
         share_prompt: score a pair's chosen and rejected answers in ONE packed row
             ``[prompt | chosen | rejected]`` (a block attention mask keeps the answers apart,
             positions restart after the prompt), so each prompt is computed once per forward,

@@ -252,3 +252,17 @@ def test_bf16_base_with_a_trained_projector_runs_without_autocast(make_module) -
     loss.backward()
     assert trained.linear_1.weight.grad is not None
     assert torch.isfinite(trained.linear_1.weight.grad).all()
+
+
+def test_a_trained_vision_tower_gets_gradients_in_the_dpo_step(make_module) -> None:
+    """``train_vision_tower`` (full fine-tuning of a model trained from scratch): the tower's
+    output is not reused from a no-grad encode, so DPO reaches its weights."""
+    module = make_module(finetune="full", train_vision_tower=True, reference="separate")
+    perturb(module)
+    loss, _ = module.preference_step(batch_for(module))
+    loss.backward()
+    tower = module._llava(module.model).vision_tower
+    # (the last layer and post-norm get none: LLaVA reads the second-to-last layer)
+    patch_embedding = tower.get_input_embeddings().weight
+    assert patch_embedding.requires_grad and patch_embedding.grad is not None
+    assert float(patch_embedding.grad.abs().sum()) > 0
