@@ -38,8 +38,6 @@ class PackedRows:
 
     Attributes (all ``(R, L)``):
         input_ids: the tokens, ``pad_id`` after the row's end.
-        attention_mask: 1 on real tokens (the 2-D padding mask; the model gets
-            :meth:`attention_bias`).
         segment: ``0`` on prompt tokens, ``k`` on tokens of response ``k`` (1-based), ``-1`` on
             padding.
         position_shift: how far a token's position lies before its index in the row: 0 on the
@@ -49,11 +47,16 @@ class PackedRows:
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
     segment: torch.Tensor
     position_shift: torch.Tensor
     predictor: torch.Tensor
     num_responses: int
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``(R, L)``, 1 on real tokens: the 2-D padding mask (the model gets
+        :meth:`attention_bias`)."""
+        return (self.segment != PADDING).long()
 
     def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive attention mask ``(R, 1, L, L)`` in ``dtype``: 0 where query ``q`` may see key
@@ -99,7 +102,6 @@ def pack_shared_prompt(
     length = max(len(p) + sum(len(a) for a in answers) for p, answers in rows)
     shape = (len(rows), length)
     input_ids = prompt_ids.new_full(shape, pad_id)
-    attention_mask = prompt_mask.new_zeros(shape)
     segment = torch.full(shape, PADDING, dtype=torch.long, device=prompt_ids.device)
     position_shift = torch.zeros(shape, dtype=torch.long, device=prompt_ids.device)
     predictor = torch.full(shape, -1, dtype=torch.long, device=prompt_ids.device)
@@ -118,8 +120,7 @@ def pack_shared_prompt(
             if stop > start:
                 predictor[i, start] = end - 1
             start = stop
-        attention_mask[i, :start] = 1
-    return PackedRows(input_ids, attention_mask, segment, position_shift, predictor, len(responses))
+    return PackedRows(input_ids, segment, position_shift, predictor, len(responses))
 
 
 def shared_prompt_logprobs(

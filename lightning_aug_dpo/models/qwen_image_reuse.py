@@ -49,11 +49,8 @@ class QwenImageReuseMixin:
         """Each merger's input, grouped per image token, for every image: ``(B, M, T, m*m*D)``
         for ``M`` mergers, ``T`` image tokens, vision width ``D``, merge size ``m``; in the
         order of the image tokens (the tower's own reordering, e.g. Qwen2.5-VL's windows,
-        applies to the grouped rows as it would to the merged ones). ``None`` with
-        ``train_vision_tower``: trained blocks need their gradients, and the reference's differ
-        from the policy's, so each forward encodes its own images."""
-        if self.hparams.train_vision_tower:
-            return None
+        applies to the grouped rows as it would to the merged ones). Not called with
+        ``train_vision_tower`` (the DPO step then lets each forward encode its own images)."""
         visual = self.visual_of(self.model)
         patches, grid = self.patchify(pixel_values)
         unit = self.merge_size**2
