@@ -31,6 +31,7 @@ def _load(name: str, path: Path):
 
 
 check = _load("gpu_check_script", SCRIPT)
+sizes = _load("gpu_check_sizes", ROOT / "benchmarks" / "gpu_check_sizes.py")
 wheels = _load("gpu_wheels_script", ROOT / "benchmarks" / "gpu_wheels.py")
 
 # llava-hf/llava-1.5-7b-hf's sizes, as config.json dicts
@@ -97,7 +98,7 @@ def test_smoke_checkpoint_has_the_shaped_sizes(smoke) -> None:
     # bf16 weights: two bytes per parameter plus the safetensors header
     assert 2 * ckpt["parameters"] <= ckpt["weight_bytes"] < 2 * ckpt["parameters"] + 2**20
     text = model["text_config"]
-    assert model["decoder_linear_parameters"] == check.decoder_linear_parameters(text)
+    assert model["decoder_linear_parameters"] == sizes.decoder_linear_parameters(text)
 
 
 @pytest.mark.parametrize("key", ["bf16_lora", "nf4_qlora"])
@@ -200,30 +201,30 @@ def test_gpu_tests_stage_runs_pytest_m_gpu_and_reads_its_junit_xml(tmp_path: Pat
 # ------------------------------------------------------------------------ the arithmetic
 def test_recipe_lora_at_7b_is_2_56_billion_and_41_gb_of_adamw_state() -> None:
     recipe = check.load_recipe()
-    counts = check.trainable_parameters(CONFIG_7B, recipe["model_args"])
+    counts = sizes.trainable_parameters(CONFIG_7B, recipe["model_args"])
     # r x (in + out) over q, k, v, o (4096 -> 4096), gate, up (4096 -> 11008), down, 32 layers
     assert counts["lora"] == 1024 * 32 * (4 * 8192 + 3 * 15104) == 2_558_525_440
     assert counts["modules_to_save"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
-    plan = check.memory_plan(CONFIG_7B, recipe["model_args"], 16, 624, 512, 512)
-    assert plan["gib"]["trainable_weights_grads_adamw"] * check.GIB == 16 * counts["total"]
+    plan = sizes.memory_plan(CONFIG_7B, recipe["model_args"], 16, 624, 512, 512)
+    assert plan["gib"]["trainable_weights_grads_adamw"] * sizes.GIB == 16 * counts["total"]
     assert 41e9 < 16 * counts["total"] < 41.5e9
-    assert plan["peak_gib"] < check.PLAN_LIMIT_GIB  # the recipe fits one 80 GB GPU on paper ...
+    assert plan["peak_gib"] < sizes.PLAN_LIMIT_GIB  # the recipe fits one 80 GB GPU on paper ...
     no_ckpt = {**recipe["model_args"], "gradient_checkpointing": False}
-    assert check.memory_plan(CONFIG_7B, no_ckpt, 16, 624, 512, 512)["peak_gib"] > 80  # ... only so
+    assert sizes.memory_plan(CONFIG_7B, no_ckpt, 16, 624, 512, 512)["peak_gib"] > 80  # ... only so
 
 
 def test_the_7b_shape_counts_7_06_billion_parameters() -> None:
     total = (
-        check.decoder_linear_parameters(TEXT_7B) + 2 * 32064 * 4096 + 65 * 4096
-        + check.vision_tower_parameters(VISION_7B) + check.projector_parameters(1024, 4096)
+        sizes.decoder_linear_parameters(TEXT_7B) + 2 * 32064 * 4096 + 65 * 4096
+        + sizes.vision_tower_parameters(VISION_7B) + sizes.projector_parameters(1024, 4096)
     )  # fmt: skip
-    assert check.decoder_linear_parameters(TEXT_7B) == 32 * (4 * 4096**2 + 3 * 4096 * 11008)
+    assert sizes.decoder_linear_parameters(TEXT_7B) == 32 * (4 * 4096**2 + 3 * 4096 * 11008)
     assert round(total / 1e9, 2) == 7.06  # llava-1.5-7b
 
 
 def test_unknown_lora_target_is_refused() -> None:
     with pytest.raises(ValueError, match="fc1"):
-        check.lora_parameters(TEXT_7B, 8, ["q_proj", "fc1"])
+        sizes.lora_parameters(TEXT_7B, 8, ["q_proj", "fc1"])
 
 
 # ------------------------------------------------------------------------------ the needs
