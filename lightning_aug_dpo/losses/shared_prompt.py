@@ -58,10 +58,9 @@ class PackedRows:
         :meth:`attention_bias`)."""
         return (self.segment != PADDING).long()
 
-    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive attention mask ``(R, 1, L, L)`` in ``dtype``: 0 where query ``q`` may see key
-        ``k`` (``k <= q`` and ``k`` in the prompt or in ``q``'s own response), the dtype's most
-        negative value elsewhere; a padding query sees only itself (no row is all-masked)."""
+    def visible(self) -> torch.Tensor:
+        """``(R, L, L)`` bool: query ``q`` may see key ``k`` (``k <= q`` and ``k`` in the prompt
+        or in ``q``'s own response); a padding query sees only itself (no row is all-masked)."""
         length = self.input_ids.shape[1]
         index = torch.arange(length, device=self.segment.device)
         causal = index[None, :] <= index[:, None]  # (q, k)
@@ -69,9 +68,11 @@ class PackedRows:
         same_block = (
             ((seg_k == PROMPT) | (seg_k == seg_q)) & (seg_k != PADDING) & (seg_q != PADDING)
         )
-        allowed = (causal & same_block) | torch.eye(length, dtype=torch.bool, device=index.device)
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return bias.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        return (causal & same_block) | torch.eye(length, dtype=torch.bool, device=index.device)
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`visible` as the additive ``(R, 1, L, L)`` mask a transformers model takes."""
+        return additive_mask(self.visible(), dtype)
 
     @property
     def logits_to_keep(self) -> int:
@@ -80,6 +81,13 @@ class PackedRows:
         scored = self.predictor[self.predictor >= 0]
         first = int(scored.min()) if len(scored) else 0
         return self.input_ids.shape[1] - first
+
+
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(R, L, L)`` bool "may see" mask as an additive ``(R, 1, L, L)`` one in ``dtype``: 0
+    where visible, the dtype's most negative value elsewhere."""
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return bias.masked_fill_(~visible, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def pack_shared_prompt(

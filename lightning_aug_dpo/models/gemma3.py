@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_aug_dpo.augment import ImagePreprocessor
-from lightning_aug_dpo.losses.shared_prompt import PackedRows
+from lightning_aug_dpo.losses.shared_prompt import PackedRows, additive_mask
 from lightning_aug_dpo.module import AugDPOModule
 
 
@@ -261,20 +261,14 @@ class Gemma3DPOModule(AugDPOModule):
         * sliding layers: that AND ``q - k < sliding_window``, measured in plain-row positions
           (``position_ids``), not in the packed row's indices.
         """
-        dtype = self.compute_dtype
-        allowed = packed.attention_bias(dtype)[:, 0] == 0  # (R, L, L)
+        allowed = packed.visible()  # (R, L, L)
         blocks = image_blocks(packed.input_ids == self.image_token_id())
         allowed |= (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
         text_config = self.model_config.get_text_config()
-        positions = position_ids.int()  # (R, L, L) differences: int32 halves the memory
-        distance = positions[:, :, None] - positions[:, None, :]
         rules = {"full_attention": allowed}
         if text_config.sliding_window is not None:
+            positions = position_ids.int()  # (R, L, L) differences: int32 halves the memory
+            distance = positions[:, :, None] - positions[:, None, :]
             rules["sliding_attention"] = allowed & (distance < text_config.sliding_window)
-
-        def bias(mask: torch.Tensor) -> torch.Tensor:
-            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-            return zeros.masked_fill_(~mask, torch.finfo(dtype).min).unsqueeze(1)
-
         layer_types: Sequence[str] = text_config.layer_types
-        return {kind: bias(rules[kind]) for kind in set(layer_types)}
+        return {kind: additive_mask(rules[kind], self.compute_dtype) for kind in set(layer_types)}
