@@ -1,16 +1,18 @@
 # Set-up lives here: `make demo` and `make test` work from a fresh clone.
-# On a machine without an NVIDIA GPU, torch is pinned to the CPU build (constraints-cpu.txt) so
-# that pip never pulls several GB of CUDA wheels.
+# Every install takes the tested versions of requirements-lock.txt (pip constraints), torch
+# included: on a machine without an NVIDIA GPU its ==2.13.0 pin takes the local CPU build, so pip
+# never pulls several GB of CUDA wheels. `make lock` moves the versions, after testing them.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
-CONSTRAINTS := $(if $(HAS_GPU),,-c constraints-cpu.txt)
+LOCK := requirements-lock.txt
+CONSTRAINTS := -c $(LOCK)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint install clean gpu-wheels gpu-check
+.PHONY: demo test test-all lint install clean gpu-wheels gpu-check lock test-lowest
 
 # One torch thread: on a busy 2-core machine two intra-op threads made a step ~25x slower.
 DEMO_THREADS ?= 1
@@ -46,15 +48,25 @@ gpu-check:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: setup.cfg pyproject.toml constraints-cpu.txt | $(PY)
-	$(PIP) install -q --upgrade pip setuptools wheel
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install -q $(CONSTRAINTS) pip setuptools wheel
 	$(PIP) install -q $(CONSTRAINTS) torch
 	$(PIP) install -q $(CONSTRAINTS) -e .
 	touch $@
 
+# The test install ends with the venv compared to the lock: any drift stops here, named.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q $(CONSTRAINTS) -e ".[test]"
+	$(PY) tools/lock.py check --venv $(VENV) $(if $(HAS_GPU),--allow-extra)
 	touch $@
+
+# Upgrading is a tested step: the newest versions setup.cfg allows, in a scratch venv; the lock is
+# rewritten only if `pytest -m "not slow"` passes there. test-lowest: the same at setup.cfg's floors.
+lock:
+	$(PYTHON) tools/lock.py upgrade
+
+test-lowest:
+	$(PYTHON) tools/lock.py lowest
 
 clean:
 	rm -rf $(VENV) demo_assets runs lightning_logs

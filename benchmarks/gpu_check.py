@@ -1,7 +1,7 @@
 """``make gpu-check``: every figure this project lacks from a GPU, in one command (<= 8 minutes).
 
     python3 benchmarks/gpu_check.py                         # on a CUDA machine: the real run
-    python3 benchmarks/gpu_check.py --output-dir "$OUT"     # device tool: carry [".whl"]
+    python3 benchmarks/gpu_check.py --output-dir DIR        # figures into DIR (copy .whl/ first)
     python3 benchmarks/gpu_check.py --smoke                 # CPU, tiny sizes (tests run this)
 
 It first checks its needs (every Python package the stages import, at the versions the project
@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -75,13 +74,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "benchmarks" / "perf"
 WHEEL_DIR = ROOT / ".whl"
-WHEEL_LIST = ROOT / "benchmarks" / "gpu_wheels.txt"
 RECIPE = ROOT / "configs" / "seva_llava15_7b.yaml"
 DEFAULT_SITE = Path(tempfile.gettempdir()) / "gpu-check-site"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check_report import _tail, figures, write_outputs  # noqa: E402
 from gpu_check_sizes import GIB  # noqa: E402
+from gpu_wheels import canonical  # noqa: E402
+from gpu_wheels import read_pins as wheel_pins  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------- needs
@@ -97,47 +97,38 @@ class Need:
 
 
 # setup.cfg install_requires (tests/test_gpu_check.py keeps these in step), the test extra's
-# trl and pytest, and what those need that the GPU machine lacks.
+# trl and pytest, and what those need that the GPU machine lacks. torch is the machine's own CUDA
+# build, whatever its version (the report records it): no wheel can replace it there.
 NEEDS = (
-    Need("torch", ">=2.4", "torch"),
-    Need("transformers", ">=4.50", "transformers"),
-    Need("peft", ">=0.13", "peft"),
-    Need("lightning", ">=2.4", "lightning"),
-    Need("torchmetrics", ">=1.4", "torchmetrics"),
-    Need("kornia", ">=0.7", "kornia"),
+    Need("torch", "", "torch"),
+    Need("transformers", ">=5.24,<6", "transformers"),
+    Need("peft", ">=0.21.2,<1", "peft"),
+    Need("lightning", ">=2.6.6,<3", "lightning"),
+    Need("torchmetrics", ">=1.6,<2", "torchmetrics"),
+    Need("kornia", ">=0.9,<1", "kornia"),
     Need("kornia_rs", "", "kornia_rs"),
-    Need("jsonargparse", ">=4.32", "jsonargparse"),
+    Need("jsonargparse", ">=4.53,<5", "jsonargparse"),
     Need("docstring_parser", "", "docstring_parser", ("gpu_tests",)),
     Need("typeshed_client", "", "typeshed_client", ("gpu_tests",)),
-    Need("rich", ">=13", "rich"),
-    Need("pillow", ">=10", "PIL"),
+    Need("rich", ">=13.7", "rich"),
+    Need("pillow", ">=11", "PIL"),
     Need("pyyaml", "", "yaml"),
     Need("safetensors", "", "safetensors"),
     Need("tokenizers", "", "tokenizers"),
     Need("numpy", "", "numpy"),
-    Need("bitsandbytes", ">=0.45", "bitsandbytes", ("gpu_tests", "dpo_nf4", "recipe_memory")),
+    Need("bitsandbytes", ">=0.50.2,<1", "bitsandbytes", ("gpu_tests", "dpo_nf4", "recipe_memory")),
     Need("trl", ">=1.16,<2", "trl", ("dpo_bf16", "dpo_nf4")),
     Need("datasets", "", "datasets", ("dpo_bf16", "dpo_nf4")),
     Need("dill", "", "dill", ("dpo_bf16", "dpo_nf4")),
     Need("multiprocess", "", "multiprocess", ("dpo_bf16", "dpo_nf4")),
     Need("accelerate", "", "accelerate", ("dpo_bf16", "dpo_nf4")),
-    Need("pytest", ">=8", "pytest", ("gpu_tests",)),
+    Need("pytest", ">=8.3", "pytest", ("gpu_tests",)),
 )
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def read_pins(path: Path = WHEEL_LIST) -> dict[str, str]:
-    """``{canonical name: version}`` of ``benchmarks/gpu_wheels.txt``."""
-    pins = {}
-    if path.is_file():
-        for raw in path.read_text().splitlines():
-            name, sep, version = raw.split("#", 1)[0].strip().partition("==")
-            if sep:
-                pins[canonical(name)] = version.strip()
-    return pins
+def read_pins() -> dict[str, str]:
+    """``{canonical name: version}`` that ``make gpu-wheels`` carries (the lock's versions)."""
+    return {canonical(name): version for name, version in wheel_pins().items()}
 
 
 def _installed(dist: str) -> str | None:
@@ -229,11 +220,11 @@ def needs_message(
     lines = ["gpu-check: cannot start, missing Python packages:", *problems, "", "Fix:"]
     lines.append(
         "  1. where pip reaches the package index, in the repository root: make gpu-wheels "
-        "(= python3 benchmarks/gpu_wheels.py: the pinned wheels of benchmarks/gpu_wheels.txt "
-        "into .whl/, about 30 MiB);"
+        "(= python3 benchmarks/gpu_wheels.py: the packages of benchmarks/gpu_wheels.txt at the "
+        "versions of requirements-lock.txt into .whl/, about 30 MiB);"
     )
     lines.append(
-        '  2. bring .whl/ to this machine (device tool: carry [".whl"]), then rerun make '
+        "  2. copy .whl/ into this checkout on this machine, then rerun make "
         f"gpu-check: it installs them into {site} (pip install --no-index --no-deps --target) and "
         "puts that on PYTHONPATH."
     )

@@ -3,8 +3,9 @@
     python3 benchmarks/gpu_wheels.py                 # benchmarks/gpu_wheels.txt -> .whl/
     python3 benchmarks/gpu_wheels.py --dest DIR --bnb-keep cpu cuda130 cuda132
 
-Run it where pip reaches the package index. It downloads exactly the ``name==version`` lines of
-``benchmarks/gpu_wheels.txt`` for CPython 3.12 on manylinux x86-64 (``--no-deps``: that list
+Run it where pip reaches the package index. It downloads the packages named in
+``benchmarks/gpu_wheels.txt`` at the versions of ``requirements-lock.txt`` (the tested set; a name
+the lock lacks is an error) for CPython 3.12 on manylinux x86-64 (``--no-deps``: that list
 already names the dependencies the machine lacks), removes other versions of those packages
 from the folder (two versions of one package stop ``pip install``), and slims bitsandbytes'
 wheel to the native libraries named by ``--bnb-keep`` (its CPU one and CUDA 13.x's by default,
@@ -14,7 +15,7 @@ the files left.
 
 Then, on the GPU machine, ``python3 benchmarks/gpu_check.py`` (``make gpu-check``) installs the
 folder with ``pip install --no-index --no-deps --target`` into a site directory and puts it on
-``PYTHONPATH`` itself. With the device tool: ``carry: [".whl"]`` (the folder is git-ignored).
+``PYTHONPATH`` itself. Copy ``.whl/`` (git-ignored) into the checkout there first.
 Standard library only.
 """
 
@@ -29,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIST = Path(__file__).resolve().parent / "gpu_wheels.txt"
+sys.path.insert(0, str(ROOT / "tools"))
+from lock import LOCK, canonical, read_lock  # noqa: E402
+
 GLIBC = (17, 24, 27, 28, 31, 34, 35)
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in GLIBC] + [
     "manylinux2014_x86_64",
@@ -40,22 +44,23 @@ BNB_LIB = re.compile(r"bitsandbytes/libbitsandbytes_([a-z0-9]+)\.(so|dll|dylib)$
 __all__ = ["canonical", "download", "main", "read_pins", "slim_bitsandbytes"]
 
 
-def canonical(name: str) -> str:
-    """PEP 503 name: lower case, runs of ``-_.`` as one ``-``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def read_pins(path: Path = LIST) -> dict[str, str]:
-    """``{name: version}`` of the ``name==version`` lines (comments and blank lines skipped)."""
+def read_pins(path: Path = LIST, lock: Path | None = None) -> dict[str, str]:
+    """``{name: version}``: each name of ``path`` (one per line, comments skipped) at its version
+    in ``lock``. A name the lock lacks, or a line that pins a version itself, is an error."""
+    lock = lock or LOCK
+    versions = read_lock(lock)
     pins = {}
     for number, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        name = raw.split("#", 1)[0].strip()
+        if not name:
             continue
-        name, sep, version = line.partition("==")
-        if not sep or not name.strip() or not version.strip():
-            raise ValueError(f"{path}:{number}: expected name==version, got {raw!r}")
-        pins[name.strip()] = version.strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"{path}:{number}: expected a package name (the version comes from "
+                             f"{lock.name}), got {raw!r}")
+        if canonical(name) not in versions:
+            raise ValueError(f"{path}:{number}: {name} is not in {lock}: add it to setup.cfg's "
+                             "requirements and run make lock, or drop it here")
+        pins[name] = versions[canonical(name)].split("+", 1)[0]
     return pins
 
 

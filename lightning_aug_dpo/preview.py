@@ -138,3 +138,11 @@ def preview(
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")
     return path
+
+
+if __name__ == "__main__":  # python -m lightning_aug_dpo.preview == lightning-aug-dpo preview
+    import sys
+
+    from lightning_aug_dpo.cli import preview_main
+
+    preview_main(sys.argv[1:])

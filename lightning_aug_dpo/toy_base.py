@@ -7,7 +7,9 @@ Steps: write the random initial model (:data:`TOY_SPEC`, seed 0) and the toy wor
 into ``--work`` (default ``runs/toy_base``), then run ``lightning-aug-dpo fit --config
 configs/sft_toy.yaml`` (full fine-tuning, 2,000 steps of batch 32, seed 0) with one torch thread,
 and copy its ``merged/`` export to :data:`TOY_BASE_DIR`. On CPU with one thread every step is
-deterministic, so the rebuilt ``model.safetensors`` has the recorded SHA-256 (``SHA256`` below).
+deterministic, so the rebuilt ``model.safetensors`` has the recorded SHA-256 (``SHA256`` below)
+for the versions it was recorded with (``RECORDED_WITH``): float kernels and code paths move
+between releases, so ``--check`` prints those versions beside the running ones.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 TOY_BASE_DIR = Path(__file__).resolve().parent / "assets" / "toy-llava-sft"
@@ -25,6 +28,20 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft_toy.yaml"
 # tokens: with 16 px patches a model this small never learns from pixels), vocab 512
 TOY_SPEC = {"hidden_size": 128, "intermediate_size": 256, "patch_size": 8, "seed": 0}
 SHA256 = "fef225e4870deb465c4a09868d18f459f1f2d46c819084e6469054be2c2be76d"  # model.safetensors
+# what SHA256 was recorded with, one CPU thread: a byte-identical rebuild holds for these
+RECORDED_WITH = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "lightning": "2.6.6"}
+
+
+def versions_note() -> str:
+    """The recorded versions, and the running ones that differ from them."""
+    recorded = ", ".join(f"{name} {version}" for name, version in RECORDED_WITH.items())
+    differ = [
+        f"{name} {metadata.version(name)}"
+        for name, version in RECORDED_WITH.items()
+        if metadata.version(name) != version
+    ]
+    running = f"this run differs: {', '.join(differ)}" if differ else "this run has the same"
+    return f"recorded with {recorded}; {running}"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -82,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {path}")
         return 0
     if args.check:  # from nothing: a fresh work folder too
+        print(f"toy base check: SHA-256 {SHA256[:12]}... {versions_note()}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             built = build(Path(tmp) / "work", Path(tmp) / "base")
             got = file_sha256(built / "model.safetensors")
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         got = file_sha256(built / "model.safetensors")
     same = got == SHA256
     verdict = "matches the recorded build" if same else f"differs from the recorded {SHA256}"
-    print(f"model.safetensors sha256 {got} ({verdict})")
+    print(f"model.safetensors sha256 {got} ({verdict}; {versions_note()})")
     return 0 if same or not args.check else 1
 
 

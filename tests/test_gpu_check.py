@@ -5,7 +5,6 @@ plan), the fail-fast needs check, and the wheel tooling for the GPU machine."""
 from __future__ import annotations
 
 import configparser
-import contextlib
 import importlib.util
 import json
 import math
@@ -13,7 +12,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -237,7 +235,8 @@ def test_needs_carry_setup_cfg_requirements() -> None:
         name, spec = line.split(">=", 1) if ">=" in line else (line, "")
         name = check.canonical(name.split("[")[0])
         assert name in needs, f"{line} (setup.cfg) missing from gpu_check.NEEDS"
-        assert needs[name] == (f">={spec}" if spec else ""), line
+        # torch: a CUDA machine's own build, which no carried wheel can replace
+        assert needs[name] == ("" if name == "torch" else f">={spec}" if spec else ""), line
 
 
 def test_missing_packages_stop_at_once_naming_each_and_the_fix(tmp_path, monkeypatch) -> None:
@@ -250,14 +249,16 @@ def test_missing_packages_stop_at_once_naming_each_and_the_fix(tmp_path, monkeyp
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["status"] == "needs_missing" and report["stages"] == []
     message = report["error"]
-    assert "kornia>=0.7: not installed" in message and "kornia==0.9.0" in message
-    assert "bitsandbytes>=0.45: 0.40.0 installed" in message
-    assert "make gpu-wheels" in message and 'carry [".whl"]' in message
+    kornia = wheels.read_lock()["kornia"]
+    assert "kornia>=0.9,<1: not installed" in message and f"kornia=={kornia}" in message
+    assert "bitsandbytes>=0.50.2,<1: 0.40.0 installed" in message
+    assert "make gpu-wheels" in message and "copy .whl/ into this checkout" in message
     assert "kornia" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_needs_of_a_stage_subset_only() -> None:
-    have = {n.dist: "99.0" for n in check.NEEDS}
+    lock = wheels.read_lock()
+    have = {n.dist: lock[check.canonical(n.dist)] for n in check.NEEDS}  # the tested versions
     result = check.check_needs(["augment"], installed=lambda d: None if d == "trl" else have[d])
     assert "trl" not in result["packages"] and result["problems"] == []
     result = check.check_needs(["dpo_bf16"], installed=lambda d: None if d == "trl" else have[d])
@@ -301,14 +302,30 @@ def test_wheels_are_installed_into_the_site_and_put_on_pythonpath(tmp_path: Path
     assert (site / "gpucheck_fake" / "__init__.py").is_file()
 
 
-def test_wheel_list_pins_what_the_gpu_machine_lacks_at_the_tested_versions() -> None:
+def test_wheel_list_takes_the_lock_versions_of_what_the_gpu_machine_lacks() -> None:
     pins = wheels.read_pins()
     lacking = {"bitsandbytes", "kornia", "kornia-rs", "jsonargparse", "docstring-parser"}
     lacking |= {"typeshed-client", "trl", "datasets", "dill", "multiprocess"}
     assert lacking <= {wheels.canonical(n) for n in pins}
-    for name, version in pins.items():
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            assert metadata.version(name) == version, f"{name}: update gpu_wheels.txt"
+    lock = wheels.read_lock()
+    assert {wheels.canonical(n): v for n, v in pins.items()} == {
+        wheels.canonical(n): lock[wheels.canonical(n)] for n in pins
+    }
+    assert check.read_pins()["transformers"] == lock["transformers"]
+
+
+def test_wheel_list_and_lock_that_disagree_fail_naming_the_package(tmp_path: Path) -> None:
+    listed = tmp_path / "gpu_wheels.txt"
+    listed.write_text("# wheels\nkornia  # augment\nnot_in_lock\n")
+    lock = tmp_path / "requirements-lock.txt"
+    lock.write_text("kornia==0.9.0\n")
+    with pytest.raises(ValueError, match=r"gpu_wheels.txt:3: not_in_lock is not in .*make lock"):
+        wheels.read_pins(listed, lock)
+    listed.write_text("kornia==0.8.0\n")  # a version here would be a second source of truth
+    with pytest.raises(ValueError, match=r"gpu_wheels.txt:1: expected a package name"):
+        wheels.read_pins(listed, lock)
+    listed.write_text("kornia\n")
+    assert wheels.read_pins(listed, lock) == {"kornia": "0.9.0"}
 
 
 def test_slimmed_bitsandbytes_wheel_keeps_the_named_libraries(tmp_path: Path) -> None:

@@ -1,23 +1,19 @@
 """Prompt sources, the pair-making and SFT DataModules and the synthetic dataset writer."""
 
-from lightning_aug_dpo.data.datamodule import AugPairDataModule, sample_seed
-from lightning_aug_dpo.data.prompts import (
-    Prompt,
-    PromptDataset,
-    load_jsonl_prompts,
-    load_llava_prompts,
-    load_prompts,
-)
-from lightning_aug_dpo.data.sft import SFTDataModule, load_conversations
+from lightning_aug_dpo._lazy import attach
 
-__all__ = [
-    "AugPairDataModule",
-    "Prompt",
-    "PromptDataset",
-    "SFTDataModule",
-    "load_conversations",
-    "load_jsonl_prompts",
-    "load_llava_prompts",
-    "load_prompts",
-    "sample_seed",
-]
+# Names load on first use, so that `python -m` on a submodule runs it once (see _lazy).
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "datamodule": ["AugPairDataModule", "sample_seed"],
+        "prompts": [
+            "Prompt",
+            "PromptDataset",
+            "load_jsonl_prompts",
+            "load_llava_prompts",
+            "load_prompts",
+        ],
+        "sft": ["SFTDataModule", "load_conversations"],
+    },
+)

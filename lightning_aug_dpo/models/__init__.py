@@ -1,45 +1,26 @@
 """Model families (one ``AugDPOModule`` subclass each) and the tiny checkpoint writer."""
 
-from lightning_aug_dpo.models.gemma3 import Gemma3DPOModule
-from lightning_aug_dpo.models.internvl import InternVLDPOModule
-from lightning_aug_dpo.models.llava import LlavaDPOModule
-from lightning_aug_dpo.models.llava_next import LlavaNextDPOModule
-from lightning_aug_dpo.models.qwen2_5_vl import Qwen2_5_VLDPOModule
-from lightning_aug_dpo.models.qwen2_vl import Qwen2VLDPOModule
-from lightning_aug_dpo.models.qwen3_vl import Qwen3VLDPOModule
-from lightning_aug_dpo.models.smolvlm import SmolVLMDPOModule
-from lightning_aug_dpo.models.tiny import TinyLlavaSpec, write_tiny_llava
-from lightning_aug_dpo.models.tiny_gemma3 import TinyGemma3Spec, write_tiny_gemma3
-from lightning_aug_dpo.models.tiny_internvl import TinyInternVLSpec, write_tiny_internvl
-from lightning_aug_dpo.models.tiny_llava_next import TinyLlavaNextSpec, write_tiny_llava_next
-from lightning_aug_dpo.models.tiny_qwen2_5_vl import TinyQwen2_5_VLSpec, write_tiny_qwen2_5_vl
-from lightning_aug_dpo.models.tiny_qwen2_vl import TinyQwen2VLSpec, write_tiny_qwen2_vl
-from lightning_aug_dpo.models.tiny_qwen3_vl import TinyQwen3VLSpec, write_tiny_qwen3_vl
-from lightning_aug_dpo.models.tiny_smolvlm import TinySmolVLMSpec, write_tiny_smolvlm
+from lightning_aug_dpo._lazy import attach
 
-__all__ = [
-    "Gemma3DPOModule",
-    "InternVLDPOModule",
-    "LlavaDPOModule",
-    "LlavaNextDPOModule",
-    "Qwen2VLDPOModule",
-    "Qwen2_5_VLDPOModule",
-    "Qwen3VLDPOModule",
-    "SmolVLMDPOModule",
-    "TinyGemma3Spec",
-    "TinyInternVLSpec",
-    "TinyLlavaNextSpec",
-    "TinyLlavaSpec",
-    "TinyQwen2VLSpec",
-    "TinyQwen2_5_VLSpec",
-    "TinyQwen3VLSpec",
-    "TinySmolVLMSpec",
-    "write_tiny_gemma3",
-    "write_tiny_internvl",
-    "write_tiny_llava",
-    "write_tiny_llava_next",
-    "write_tiny_qwen2_5_vl",
-    "write_tiny_qwen2_vl",
-    "write_tiny_qwen3_vl",
-    "write_tiny_smolvlm",
-]
+# Names load on first use, so that `python -m` on a submodule runs it once (see _lazy).
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "gemma3": ["Gemma3DPOModule"],
+        "internvl": ["InternVLDPOModule"],
+        "llava": ["LlavaDPOModule"],
+        "llava_next": ["LlavaNextDPOModule"],
+        "qwen2_5_vl": ["Qwen2_5_VLDPOModule"],
+        "qwen2_vl": ["Qwen2VLDPOModule"],
+        "qwen3_vl": ["Qwen3VLDPOModule"],
+        "smolvlm": ["SmolVLMDPOModule"],
+        "tiny": ["TinyLlavaSpec", "write_tiny_llava"],
+        "tiny_gemma3": ["TinyGemma3Spec", "write_tiny_gemma3"],
+        "tiny_internvl": ["TinyInternVLSpec", "write_tiny_internvl"],
+        "tiny_llava_next": ["TinyLlavaNextSpec", "write_tiny_llava_next"],
+        "tiny_qwen2_5_vl": ["TinyQwen2_5_VLSpec", "write_tiny_qwen2_5_vl"],
+        "tiny_qwen2_vl": ["TinyQwen2VLSpec", "write_tiny_qwen2_vl"],
+        "tiny_qwen3_vl": ["TinyQwen3VLSpec", "write_tiny_qwen3_vl"],
+        "tiny_smolvlm": ["TinySmolVLMSpec", "write_tiny_smolvlm"],
+    },
+)
