@@ -11,6 +11,10 @@ compute the relative score as LLaVA's summarize_gpt_review.py does. Resumable.
     python benchmarks/llava_bench.py score --questions questions.jsonl \\
         --reviews R1.jsonl R2.jsonl R3.jsonl
 
+--model takes a checkpoint of any family the project trains; its module class comes from
+config.json's model_type (or --model-class), and it answers as the LLaVA-Bench callback does
+during training (see benchmarks/mmvet.py --help).
+
 DATA_DIR holds questions.jsonl, context.jsonl, answers_gpt4.jsonl and images/. OUT receives
 answers.jsonl (LLaVA's answer format), reviews-run{k}.jsonl (LLaVA's review format, tuple =
 [GPT-4 reference score, model score]), scores.json (relative score per category and overall,
@@ -37,7 +41,7 @@ from lightning_aug_dpo.eval.jobs import (
     answer_missing,
     job_main,
     judge_from_args,
-    llava_loader,
+    model_loader,
     report_graded,
 )
 from lightning_aug_dpo.eval.llava_bench import answer_rows, write_answers_jsonl
@@ -91,7 +95,7 @@ def score_main(argv: list[str]) -> int:
     models = sorted({str(r.get("model", "unrecorded")) for rows in runs for r in rows})
     record = {"reviews": [str(p) for p in args.reviews], "judge": {"models": models}}
     write_json(out, {**record, **scores.to_dict()})
-    print(scores.format_table())
+    print(scores.format_table(judge=", ".join(models)))
     print(f"wrote {out}")
     return 0
 
@@ -108,7 +112,7 @@ def run_main(argv: list[str]) -> int:
         else {}
     )
     answers = answer_missing(
-        llava_loader(args),
+        model_loader(args),
         {q: i.question for q, i in bench.items.items()},
         bench.images,
         done,

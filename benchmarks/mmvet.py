@@ -10,8 +10,18 @@ grader does. Resumable: rerun the same command after an interruption.
         --judge openai --judge-base-url http://localhost:8000/v1 --judge-model Qwen2.5-72B \\
         --judge-api-key-env NONE --runs 3
 
+    # any supported family: the module class comes from the checkpoint's config.json
+    python benchmarks/mmvet.py --model Qwen/Qwen2.5-VL-7B-Instruct --adapter runs/q/adapter \\
+        --data-dir data/mm-vet --out runs/eval/mmvet-qwen --judge openai --judge-model gpt-4-0613
+
     # score existing official files, no model needed
     python benchmarks/mmvet.py score --grades GRADES.json --index mm-vet.json
+
+--model takes a checkpoint of any family the project trains (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, SmolVLM / Idefics3): its module class comes from
+config.json's model_type (--model-class names your own AugDPOModule subclass instead), and it
+answers through the same generation path as the MM-Vet callback during training (give the
+training config's model settings that change answers, such as image_size, with --model-arg).
 
 DATA_DIR is the official download (mm-vet.json + images/). OUT receives answers.json (the
 official results format, uploadable to the MM-Vet evaluation server), grades.json (the official
@@ -34,13 +44,15 @@ from lightning_aug_dpo.eval import (
     write_answers,
 )
 from lightning_aug_dpo.eval.files import write_json
+from lightning_aug_dpo.eval.generate import DEFAULT_MAX_NEW_TOKENS
 from lightning_aug_dpo.eval.jobs import (
+    LLAVA_PROTOCOL,
     add_judge_args,
     add_model_args,
     answer_missing,
     job_main,
     judge_from_args,
-    llava_loader,
+    model_loader,
     report_graded,
 )
 from lightning_aug_dpo.eval.pipeline import finish_mmvet
@@ -48,7 +60,11 @@ from lightning_aug_dpo.eval.pipeline import finish_mmvet
 SCORE_HELP = "score official files without a model: see `mmvet.py score --help`"
 
 
-def run_parser() -> argparse.ArgumentParser:
+def run_parser(
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, protocol: str = LLAVA_PROTOCOL
+) -> argparse.ArgumentParser:
+    """The run's options; ``max_new_tokens`` and ``protocol`` (why that default) let a job on
+    another MM-Vet-format benchmark (``toy.py``) keep its own answer length."""
     parser = argparse.ArgumentParser(
         prog="mmvet.py",
         description=__doc__,
@@ -57,7 +73,7 @@ def run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", required=True, help="MM-Vet download: mm-vet.json, images/")
     parser.add_argument("--out", required=True, help="output folder (created; reruns resume)")
-    add_model_args(parser)
+    add_model_args(parser, max_new_tokens, protocol)
     add_judge_args(parser)
     return parser
 
@@ -86,19 +102,19 @@ def score_main(argv: list[str]) -> int:
         {m for row in raw.values() if isinstance(row, dict) for m in row.get("model", [])}
     )
     write_json(out, {"grades": str(args.grades), "judge": {"models": models}, **scores.to_dict()})
-    print(scores.format_table())
+    print(scores.format_table(judge=", ".join(models)))
     print(f"wrote {out}")
     return 0
 
 
-def run_main(argv: list[str]) -> int:
-    args = run_parser().parse_args(argv)
+def run_main(argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or run_parser()).parse_args(argv)
     out = Path(args.out)
     bench = load_mmvet_dir(args.data_dir, args.limit)
     answers_path = out / "answers.json"
     done = read_answers(answers_path) if answers_path.is_file() else {}
     answers = answer_missing(
-        llava_loader(args),
+        model_loader(args),
         {q: i.question for q, i in bench.items.items()},
         bench.images,
         done,

@@ -10,7 +10,9 @@ pope/coco_pope_{random,popular,adversarial}.json); IMAGE_DIR defaults to the wor
 folder beside it; --limit N keeps the first N descriptions and the probes of their images.
 OUT receives answers.jsonl ({id, prompt, answer}; probes as pope:<split>/<question_id>),
 progress.jsonl (answers saved after every batch: a rerun generates only the missing ones, and
-none at all, without --model, once all are there) and scores.json.
+none at all, without --model, once all are there) and scores.json. --model takes a checkpoint
+of any family the project trains (the module class comes from config.json's model_type, or
+--model-class); it answers as the toy-world callback does during training.
 
 Metrics (fractions, the table in percent): CHAIR_i = hallucinated kinds / mentioned kinds;
 CHAIR_s = share of answers naming an absent kind; coverage = share of the images' objects named;
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from lightning_aug_dpo.eval import read_answers_jsonl
 from lightning_aug_dpo.eval.files import write_jsonl
-from lightning_aug_dpo.eval.jobs import add_model_args, answer_missing, llava_loader
+from lightning_aug_dpo.eval.jobs import add_model_args, answer_missing, model_loader
 from lightning_aug_dpo.eval.pipeline import finish_toy
 from lightning_aug_dpo.eval.toy_world import load_toy_benchmark, toy_prompts
 
@@ -46,8 +48,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", help="the world's images (default: images/ beside SPLIT_DIR)")
     p.add_argument("--out", required=True, help="output folder (created; reruns resume)")
     p.add_argument("--no-pope", action="store_true", help="descriptions only, no yes/no probes")
-    add_model_args(p, max_new_tokens=48)
-    p.set_defaults(batch_size=32)  # toy answers are short: as ToyWorldCallback, larger batches
+    # The toy world's own protocol, as ToyWorldCallback's: 48 tokens hold the longest true
+    # description, and short answers allow larger batches.
+    add_model_args(
+        p,
+        max_new_tokens=48,
+        protocol="the toy world's: room for its longest true description",
+        batch_size=32,
+        limit_help="only the first N descriptions and the probes of their images",
+    )
     return p
 
 
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             write_jsonl(progress, [{"question_id": k, "text": v} for k, v in merged.items()])
 
         answers = answer_missing(
-            llava_loader(args), questions, images, done, save, args.max_new_tokens,
+            model_loader(args), questions, images, done, save, args.max_new_tokens,
             args.batch_size,
         )  # fmt: skip
         model = {"model": args.model, "adapter": args.adapter, "split": str(split_dir)}

@@ -21,6 +21,7 @@ import llava_bench as llava_job  # noqa: E402
 import mmvet as mmvet_job  # noqa: E402
 import pope as pope_job  # noqa: E402
 import toy as toy_job  # noqa: E402
+import toy_world_eval as toy_world_job  # noqa: E402
 
 KEY_ENV = "LAD_JOB_TEST_KEY"
 SECRET = "sk-job-test-secret-42"
@@ -168,7 +169,7 @@ def _help(script: str, capsys) -> str:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         return result.stdout
-    job = {"pope": pope_job, "toy": toy_job}[script]
+    job = {"pope": pope_job, "toy": toy_job, "toy_world_eval": toy_world_job}[script]
     try:
         assert job.main(["--help"]) == 0
     except SystemExit as exit:
@@ -176,11 +177,14 @@ def _help(script: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("script", ["mmvet", "llava_bench", "toy", "pope"])
+@pytest.mark.parametrize("script", ["mmvet", "llava_bench", "toy", "pope", "toy_world_eval"])
 def test_help_describes_every_option(script: str, capsys) -> None:
     text = _help(script, capsys)
     options = set(re.findall(r"^\s+(--[a-z-]+)", text, re.M))
-    assert {"--model", "--adapter", "--out", "--data-dir", "--max-new-tokens"} <= options
+    data = "--split-dir" if script == "toy_world_eval" else "--data-dir"
+    model = {"--model", "--model-class", "--model-arg", "--adapter", "--max-new-tokens"}
+    assert {*model, "--out", data} <= options
+    assert "LLaVA-1.5 format" not in text  # every family, not LLaVA's only
     # every option has a description: no option line is followed directly by another option
     lines = [line for line in text.splitlines() if line.strip()]
     for i, line in enumerate(lines[:-1]):
