@@ -13,6 +13,9 @@ At the end of every ``every_n_epochs``-th training epoch (and the last one), and
 
 A judge outage never stops training: the epoch's ``scores.json`` says ``complete: false``,
 ``<benchmark>/complete`` is logged as 0 and no score is logged for that epoch.
+
+Every score file and summary line names the judge (``judge_name`` in ``scores.json``, the title
+line of the printed table, the outage warning): scores by different judges are not comparable.
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ class BenchmarkCallback(Callback, ABC):
                 continue
             redone = self.finish(self.bench(), None, folder)
             state = "complete" if redone["complete"] else f"still incomplete ({redone['error']})"
-            rank_zero_info(f"{self.benchmark}: re-graded {folder}: {state}")
+            judge = redone.get("judge_name")
+            rank_zero_info(f"{self.benchmark}: re-graded {folder} (judge: {judge}): {state}")
 
     @torch.no_grad()
     def answer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[Any, str]:
@@ -153,7 +157,8 @@ class BenchmarkCallback(Callback, ABC):
             else:
                 rank_zero_warn(
                     f"{self.benchmark}: grading of {out} is incomplete ({record['error']}); "
-                    "no score logged this epoch, grading resumes from the cache next time"
+                    f"judge: {record.get('judge_name')}; no score logged this epoch, grading "
+                    "resumes from the cache next time"
                 )
         return trainer.strategy.broadcast(metrics, src=0)
 

@@ -1,7 +1,7 @@
 """LLaVA-Bench (in the wild) at epoch end (and under ``validate``).
 
 Writes ``answers.jsonl`` (LLaVA's answer format), ``reviews-run{k}.jsonl`` (LLaVA's review format,
-``tuple = [reference, model]``) and ``scores.json`` under
+``tuple = [reference, model]``) and ``scores.json`` (with the judge's ``judge_name``) under
 ``<run dir>/eval/llava_bench/epoch=N/``; logs ``llava_bench/overall``, ``llava_bench/<category>``
 (relative scores, means over review runs), ``llava_bench/failed`` and ``llava_bench/complete``.
 """

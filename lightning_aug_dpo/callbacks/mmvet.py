@@ -1,7 +1,8 @@
 """MM-Vet at epoch end (and under ``validate``): answers, grades and scores in official formats.
 
 Writes ``answers.json`` (MM-Vet results format), ``grades.json`` (the official grader's format)
-and ``scores.json`` under ``<run dir>/eval/mmvet/epoch=N/``; logs ``mmvet/total`` and
+and ``scores.json`` (with the judge's ``judge_name`` beside the scores; the official grade file
+keeps its own per-reply ``model``) under ``<run dir>/eval/mmvet/epoch=N/``; logs ``mmvet/total`` and
 ``mmvet/<capability>`` (means over grading runs) and ``mmvet/complete``. The demo points
 ``data_dir`` at a toy benchmark in MM-Vet's layout and uses the offline rule judge; the real
 benchmark and model judges plug in through ``data_dir`` and ``judge``.

@@ -139,6 +139,21 @@ def review_llava_bench(
     return _run_tasks(ids, runs, judge.concurrency, task)
 
 
+def judge_models(outcome: Outcome[Any]) -> list[str]:
+    """The models the judge's replies name (sorted, each once), from finished grades or review
+    rows: what actually graded, e.g. the dated snapshot an alias such as ``gpt-4o`` resolved to."""
+    names: set[str] = set()
+    for results in outcome.results.values():
+        for result in results:
+            if isinstance(result, dict):  # a review row
+                model = result.get("model")
+            else:  # a Grade, or None for an unfinished task
+                model = getattr(result, "model", None)
+            if model:
+                names.add(str(model))
+    return sorted(names)
+
+
 def runs_of(outcome: Outcome[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Review rows per run (finished rows only), the input of ``score_llava_bench``."""
     num = max((len(v) for v in outcome.results.values()), default=0)

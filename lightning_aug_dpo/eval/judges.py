@@ -86,6 +86,12 @@ class Judge(ABC):
         """What graded the results (class, model, prompts); never a credential."""
         return {"class": type(self).__name__, "model": self.name}
 
+    def label(self) -> str:
+        """The judge in one string for score files and summary lines: ``"rule"``,
+        ``"openai:<model>"``, ``"hf:<path>"``. Scores from different judges are not comparable
+        (re-grading the same answers with another judge moves MM-Vet by several points)."""
+        return self.name
+
 
 def _is_punct(char: str) -> bool:
     return char in string.punctuation or unicodedata.category(char).startswith("P")
@@ -205,6 +211,10 @@ class ChatJudge(Judge):
 
     def set_cache(self, path: str | Path | None) -> None:
         self.cache = JudgeCache(path) if path else None
+
+    def label(self) -> str:
+        # The endpoint names the backend and the model: "hf:<path>" for a local model.
+        return self.endpoint()
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "endpoint": self.endpoint(), **self.prompts.identity()}

@@ -229,13 +229,15 @@ class LLaVABenchScores:
             ],
         }
 
-    def format_table(self) -> str:
+    def format_table(self, judge: str | None = None) -> str:
+        """Plain-text table rounded to 1 decimal, one column per review run; ``judge`` is named
+        in the title line (as in :meth:`MMVetScores.format_table`)."""
         names = list(self.mean)
         width = max(len(n) for n in [*names, "category"])
         head = "  ".join(f"run{i + 1:>3}" for i in range(len(self.runs)))
         lines = [
             f"LLaVA-Bench ({self.num_questions} questions, {len(self.runs)} review runs, "
-            f"{self.failed} failed reviews)",
+            f"{self.failed} failed reviews{f'; judge: {judge}' if judge else ''})",
             f"{'category':<{width}}  {'score':>6}  {'std':>5}  {head}",
         ]
         for name in names:

@@ -160,7 +160,6 @@ def load_mmvet_dir(data_dir: str | Path, limit: int | None = None) -> MMVetBench
     return MMVetBenchmark(source, items, images).limited(limit)
 
 
-
 Stat = tuple[float, float]  # (mean, population std) over grading runs, on the 0-100 scale
 
 
@@ -205,8 +204,10 @@ class MMVetScores:
             "combinations": block(self.per_combination, self.combination_counts),
         }
 
-    def format_table(self, combinations: bool = True) -> str:
-        """Plain-text table rounded to 1 decimal, as the reference implementation displays.
+    def format_table(self, combinations: bool = True, judge: str | None = None) -> str:
+        """Plain-text table rounded to 1 decimal, as the reference implementation displays;
+        ``judge`` (e.g. ``"openai:gpt-4o-2024-08-06"``) is named in the title line, since
+        scores by different judges are not comparable.
 
         Capabilities and capability combinations share names (questions tagged only ``rec``
         form the combination ``rec``), so each kind has its own section, and combinations are
@@ -230,7 +231,8 @@ class MMVetScores:
         width = max(len(row[0]) for row in rows if isinstance(row, tuple))
         runs = "run" if self.num_runs == 1 else "runs"
         lines = [
-            f"MM-Vet ({self.num_questions} questions, {self.num_runs} grading {runs})",
+            f"MM-Vet ({self.num_questions} questions, {self.num_runs} grading {runs}"
+            f"{f'; judge: {judge}' if judge else ''})",
             f"{'category':<{width}}  {'n':>4}  {'score':>6}  {'std':>5}",
         ]
         for row in rows:

@@ -11,9 +11,12 @@ output folder:
   prompt, answer}``), ``scores.json`` (judge-free: always complete).
 
 ``scores.json`` records ``complete`` (False after a judge outage, with the error), the judge's
-identity (class, model, endpoint, prompt sources and hashes; never a key), the number of runs,
-the full scores and the flat metrics. Grading an incomplete folder again resumes from the judge's
-reply cache: only unanswered requests are sent.
+identity (``judge``: class, model, endpoint, prompt sources and hashes; never a key), its name
+(``judge_name``: ``"rule"``, ``"openai:<model>"``, ``"hf:<path>"``) and the models its replies
+named (``judge_models``, e.g. the dated snapshot behind an alias), the number of runs, the full
+scores and the flat metrics; the printed table names the judge in its title line. The official
+answer and grade files stay as the official tools write them. Grading an incomplete folder again
+resumes from the judge's reply cache: only unanswered requests are sent.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning_aug_dpo.eval.files import read_jsonl, write_json, write_jsonl
-from lightning_aug_dpo.eval.grading import grade_mmvet_outcome, review_llava_bench, runs_of
+from lightning_aug_dpo.eval.grading import (
+    grade_mmvet_outcome,
+    judge_models,
+    review_llava_bench,
+    runs_of,
+)
 from lightning_aug_dpo.eval.judges import Judge
 from lightning_aug_dpo.eval.llava_bench import (
     LLaVABench,
@@ -68,6 +76,14 @@ def read_scores(out: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def judge_summary(judge: Judge, served: list[str]) -> str:
+    """The judge for a summary line: its label, plus the models its replies named when they are
+    not the configured one, e.g. ``"openai:gpt-4o (replies from gpt-4o-2024-08-06)"``."""
+    if any(model != judge.name for model in served):
+        return f"{judge.label()} (replies from {', '.join(served)})"
+    return judge.label()
+
+
 def _graded_record(
     benchmark: str,
     outcome: Any,
@@ -86,6 +102,8 @@ def _graded_record(
         "error": outcome.error,
         "pending_ids": outcome.pending,
         "judge": judge.identity(),
+        "judge_name": judge.label(),
+        "judge_models": judge_models(outcome),
         "runs": runs,
         "questions": questions,
         "files": files,
@@ -122,7 +140,7 @@ def finish_mmvet(
         )
         record["scores"] = scores.to_dict()
         record["metrics"].update(scores.as_metrics(prefix))
-        record["table"] = scores.format_table()
+        record["table"] = scores.format_table(judge=judge_summary(judge, record["judge_models"]))
     _write_scores(out, record)
     return record
 
@@ -165,7 +183,7 @@ def finish_llava_bench(
         record["scores"] = scores.to_dict()
         record["metrics"].update(scores.as_metrics(prefix))
         record["metrics"][f"{prefix}/failed"] = float(scores.failed)
-        record["table"] = scores.format_table()
+        record["table"] = scores.format_table(judge=judge_summary(judge, record["judge_models"]))
     _write_scores(out, record)
     return record
 

@@ -1,14 +1,15 @@
 """A loopback OpenAI-compatible chat-completions server, for tests and offline smoke runs.
 
 ``StubChatServer`` speaks just enough of ``POST /v1/chat/completions`` for the HTTP judge, and can
-misbehave on request: a test queues faults (``"401"``, ``"429"``, ``"500"``, ``"503"``,
+misbehave on request: a test queues faults (``"401"``, ``"425"``, ``"429"``, ``"500"``, ``"503"``,
 ``"slow"``, ``"garbage"``, ``"drop"``, ``"not_chat"``: a 200 whose JSON is an error, not a chat
 completion) that the next requests get, in order, before normal replies resume. Normal replies
 come from ``responder(body) -> text``. Every request body and its ``Authorization`` header are
 recorded (the secrets test checks that keys reach the header and nothing else). An error fault's
 body is ``{"error": {"message": error_detail}}``, where ``{auth}`` in ``error_detail`` becomes the
 request's ``Authorization`` header: a careless server that echoes the key, as the secrets tests
-need (the judge must scrub it from its error messages).
+need (the judge must scrub it from its error messages). A ``"429"`` carries ``Retry-After:
+retry_after`` (default ``0``: retry at once).
 
     with StubChatServer(lambda body: "0.5") as server:
         judge = OpenAIJudge(base_url=server.base_url, model="stub")
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "503", "slow", "garbage", "drop", "401", "not_chat")
+FAULTS = ("429", "500", "503", "slow", "garbage", "drop", "401", "not_chat", "425")
 
 
 class StubChatServer:
@@ -36,11 +37,13 @@ class StubChatServer:
         model: str = "stub-judge",
         slow_seconds: float = 2.0,
         error_detail: str = "stub fault",
+        retry_after: str = "0",
     ) -> None:
         self.responder = responder or (lambda body: "1.0")
         self.model = model
         self.slow_seconds = slow_seconds
         self.error_detail = error_detail
+        self.retry_after = retry_after  # the Retry-After header of a "429" fault
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []
@@ -112,8 +115,8 @@ class StubChatServer:
                     time.sleep(stub.slow_seconds)
                 detail = stub.error_detail.replace("{auth}", str(auth))
                 error = json.dumps({"error": {"message": detail}}).encode("utf-8")
-                if fault in ("429", "500", "503", "401"):
-                    retry = {"Retry-After": "0"} if fault == "429" else None
+                if fault in ("429", "500", "503", "401", "425"):
+                    retry = {"Retry-After": stub.retry_after} if fault == "429" else None
                     self._send(int(fault), error, retry)
                     return
                 if fault == "not_chat":
