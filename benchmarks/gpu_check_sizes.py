@@ -1,173 +1,58 @@
 """The model arithmetic of ``benchmarks/gpu_check.py``: LLaVA-1.5's trainable parameters for a
-LoRA config, step FLOPs, and the memory plan of ``configs/seva_llava15_7b.yaml`` on one GPU
-(standard library only, like the check itself)."""
+LoRA config, step FLOPs, and the memory plan of ``configs/seva_llava15_7b.yaml`` on one GPU.
+
+One copy lives in the library, ``lightning_aug_dpo/model_sizes.py`` (``python -m
+lightning_aug_dpo.recipe_cost`` plans runs with it); this file re-exports it. It is loaded from
+its file rather than imported as ``lightning_aug_dpo.model_sizes``: the check runs before it
+knows the project's dependencies are installed, and that file needs only the standard library,
+whatever the package's ``__init__`` imports.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+import sys
+from pathlib import Path
 
-GIB, MIB = 2**30, 2**20
-# What an 80 GB A100 / H100 leaves a process: 79.2-80 GiB visible to CUDA, less ~0.7 GiB for the
-# CUDA context and cuBLAS workspaces, which max_memory_reserved does not count.
-PLAN_LIMIT_GIB = 78.5
-ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def decoder_linears(text: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """``(in, out)`` features of each Linear of one Llama decoder layer."""
-    h, inter = text["hidden_size"], text["intermediate_size"]
-    heads = text["num_attention_heads"]
-    kv = text.get("num_key_value_heads") or heads
-    head_dim = text.get("head_dim") or h // heads
-    return {
-        "q_proj": (h, heads * head_dim),
-        "k_proj": (h, kv * head_dim),
-        "v_proj": (h, kv * head_dim),
-        "o_proj": (heads * head_dim, h),
-        "gate_proj": (h, inter),
-        "up_proj": (h, inter),
-        "down_proj": (inter, h),
-    }
+_NAME = "lightning_aug_dpo_model_sizes"
+_PATH = Path(__file__).resolve().parents[1] / "lightning_aug_dpo" / "model_sizes.py"
 
 
-def decoder_linear_parameters(text: dict[str, Any]) -> int:
-    """``N``: weights of the decoder layers' Linears (no bias in Llama), all layers."""
-    per_layer = sum(i * o for i, o in decoder_linears(text).values())
-    return text["num_hidden_layers"] * per_layer
+def _load():
+    if _NAME in sys.modules:
+        return sys.modules[_NAME]
+    spec = importlib.util.spec_from_file_location(_NAME, _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_NAME] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def lora_parameters(text: dict[str, Any], r: int, targets: list[str]) -> int:
-    """LoRA A (r x in) + B (out x r) on each targeted Linear of every decoder layer."""
-    linears = decoder_linears(text)
-    unknown = sorted(set(targets) - linears.keys())
-    if unknown:
-        raise ValueError(f"LoRA targets {unknown} are not Llama decoder Linears {list(linears)}")
-    return text["num_hidden_layers"] * sum(r * sum(linears[t]) for t in targets)
+_sizes = _load()
+ALL_TARGETS = _sizes.ALL_TARGETS
+GIB = _sizes.GIB
+MIB = _sizes.MIB
+PLAN_LIMIT_GIB = _sizes.PLAN_LIMIT_GIB
+decoder_linear_parameters = _sizes.decoder_linear_parameters
+decoder_linears = _sizes.decoder_linears
+lora_parameters = _sizes.lora_parameters
+memory_plan = _sizes.memory_plan
+projector_parameters = _sizes.projector_parameters
+step_flops = _sizes.step_flops
+trainable_parameters = _sizes.trainable_parameters
+vision_tower_parameters = _sizes.vision_tower_parameters
 
-
-def projector_parameters(vision_hidden: int, text_hidden: int) -> int:
-    """LLaVA-1.5's 2-layer projector: linear_1 (vision -> text) and linear_2, with biases."""
-    return vision_hidden * text_hidden + text_hidden + text_hidden * text_hidden + text_hidden
-
-
-def vision_tower_parameters(vision: dict[str, Any]) -> int:
-    """CLIP vision transformer: patch conv (no bias), class and position embeddings, pre/post
-    LayerNorm, per layer q/k/v/out (+bias), fc1/fc2 (+bias), two LayerNorms."""
-    d, m, p = vision["hidden_size"], vision["intermediate_size"], vision["patch_size"]
-    patches = (vision["image_size"] // p) ** 2
-    layer = 4 * (d * d + d) + (d * m + m) + (m * d + d) + 4 * d
-    return 3 * p * p * d + d + (patches + 1) * d + 4 * d + vision["num_hidden_layers"] * layer
-
-
-def trainable_parameters(config: dict[str, Any], model_args: dict[str, Any]) -> dict[str, int]:
-    """Trainable parameters of a LoRA recipe on a LLaVA config (``config.json`` as a dict):
-    LoRA on ``lora_target_modules`` (the module's default: all seven) at ``lora_r``, plus the
-    projector when ``modules_to_save`` names it."""
-    text, vision = config["text_config"], config["vision_config"]
-    targets = model_args.get("lora_target_modules") or ALL_TARGETS
-    lora = lora_parameters(text, int(model_args.get("lora_r", 16)), list(targets))
-    saved = model_args.get("modules_to_save") or []
-    projector = (
-        projector_parameters(vision["hidden_size"], text["hidden_size"])
-        if "multi_modal_projector" in saved
-        else 0
-    )
-    return {"lora": lora, "modules_to_save": projector, "total": lora + projector}
-
-
-def step_flops(tokens: int, n_linear: int, trainable: int) -> float:
-    """``6 T (N + P)``: see the module docstring."""
-    return 6.0 * tokens * (n_linear + trainable)
-
-
-def memory_plan(
-    config: dict[str, Any],
-    model_args: dict[str, Any],
-    batch_size: int,
-    prompt_tokens: int,
-    response_tokens: int,
-    rollout_tokens: int,
-) -> dict[str, Any]:
-    """Bytes one GPU holds for a LoRA DPO recipe (see README "Memory plan"), by component.
-
-    ``prompt_tokens`` includes the image tokens. Base: decoder Linears in NF4 (4-bit codes +
-    8-bit absmax per 64 + fp32 per 256 absmax with double quantisation = 0.516 B/param) or
-    ``torch_dtype``; embeddings, LM head, norms, vision tower and projector in ``torch_dtype``.
-    Trainable (fp32): weight, gradient and AdamW's two states = 16 B/param; AdamW (foreach) makes
-    one more fp32 copy while it steps. Activations of the policy forward, bf16, over its tokens:
-    ``B (prompt + 2 answer)`` with ``share_prompt`` (the module's default: one packed row per
-    pair), ``2B (prompt + answer)`` without (one row per answer); with gradient checkpointing every
-    layer's input (2h B/token) plus one layer recomputed in the backward (~26h + 8i bytes/token
-    for a Llama layer with SDPA, plus 2(6h + i) + 14r for LoRA's inputs and rank-r
-    intermediates); without, every layer's. LM head from the first answer position: bf16
-    logits + fp32 log-softmax + its gradient (10 B per row and vocabulary entry). Rollout:
-    ``2B`` rows (clean + augmented) of prompt + ``rollout_tokens``, K and V in bf16 per layer.
-    """
-    text, vision = config["text_config"], config["vision_config"]
-    h, inter, layers, vocab = (
-        text["hidden_size"],
-        text["intermediate_size"],
-        text["num_hidden_layers"],
-        text["vocab_size"],
-    )
-    heads = text["num_attention_heads"]
-    head_dim = text.get("head_dim") or h // heads
-    kv = text.get("num_key_value_heads") or heads
-    dtype_bytes = 4 if model_args.get("torch_dtype", "float32") == "float32" else 2
-    n_linear = decoder_linear_parameters(text)
-    other = (
-        2 * vocab * h
-        + (2 * layers + 1) * h
-        + vision_tower_parameters(vision)
-        + projector_parameters(vision["hidden_size"], h)
-    )
-    if model_args.get("load_in_4bit"):
-        base = n_linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + other * dtype_bytes
-    else:
-        base = (n_linear + other) * dtype_bytes
-    trainable = trainable_parameters(config, model_args)
-    states = 16 * trainable["total"]
-    optimizer_temp = 4 * trainable["total"]
-    rows = 2 * batch_size
-    share_prompt = model_args.get("share_prompt", True)
-    if share_prompt:
-        tokens = batch_size * (prompt_tokens + 2 * response_tokens)
-    else:
-        tokens = rows * (prompt_tokens + response_tokens)
-    r = int(model_args.get("lora_r", 16))
-    layer = tokens * ((26 * h + 8 * inter) + 2 * (6 * h + inter) + 14 * r)
-    if model_args.get("gradient_checkpointing"):
-        activations = layers * tokens * 2 * h + layer
-    else:
-        activations = layers * layer
-    head = rows * response_tokens * vocab * 10
-    kv_cache = rows * (prompt_tokens + rollout_tokens) * layers * 2 * kv * head_dim * 2
-    train = base + states + max(activations + head, optimizer_temp)
-    rollout = base + states + kv_cache
-    parts = {
-        "base_weights": base,
-        "trainable_weights_grads_adamw": states,
-        "adamw_step_temporary": optimizer_temp,
-        "activations": activations,
-        "lm_head": head,
-        "rollout_kv_cache": kv_cache,
-        "train_step_peak": train,
-        "rollout_peak": rollout,
-    }
-    return {
-        "gib": {k: v / GIB for k, v in parts.items()},
-        "peak_gib": max(train, rollout) / GIB,
-        "trainable_parameters": trainable,
-        "decoder_linear_parameters": n_linear,
-        "policy_tokens": tokens,
-        "settings": {
-            "batch_size": batch_size,
-            "prompt_tokens": prompt_tokens,
-            "response_tokens": response_tokens,
-            "rollout_tokens": rollout_tokens,
-            "gradient_checkpointing": bool(model_args.get("gradient_checkpointing")),
-            "load_in_4bit": bool(model_args.get("load_in_4bit")),
-            "lora_r": r,
-            "share_prompt": bool(share_prompt),
-        },
-    }
+__all__ = [
+    "ALL_TARGETS",
+    "GIB",
+    "MIB",
+    "PLAN_LIMIT_GIB",
+    "decoder_linear_parameters",
+    "decoder_linears",
+    "lora_parameters",
+    "memory_plan",
+    "projector_parameters",
+    "step_flops",
+    "trainable_parameters",
+    "vision_tower_parameters",
+]

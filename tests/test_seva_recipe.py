@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +225,149 @@ def test_basename_only_matches_reference_format(llava_json: Path, tmp_path: Path
         assert path.read_text(encoding="utf-8").splitlines() == [
             next(f).rstrip("\n") for _ in "abc"
         ]
+
+
+# ----------------------------------------------------------------- --check: the images
+OCR_OK, TC_OK = ("ocr_vqa/images/1.jpg", "ocr_vqa/images/2.jpg"), "textvqa/train_images/00aa.jpg"
+
+
+def _image_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """An image folder in LLaVA's layout: OCR-VQA covers 1 and 2 present, 3 missing (used by
+    two prompts); TextVQA image 00aa fine, 00bb cut short mid-data, 00cc a text file. Returns
+    (folder, prompt list)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    for name in (*OCR_OK, TC_OK, "textvqa/train_images/00bb.jpg"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise).save(folder / name, quality=95)
+    cut = folder / "textvqa/train_images/00bb.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])  # the header survives
+    (folder / "textvqa/train_images/00cc.jpg").write_text("<html>404</html>")
+    images = [*OCR_OK, "ocr_vqa/images/3.jpg", "ocr_vqa/images/3.jpg", TC_OK]
+    images += ["textvqa/train_images/00bb.jpg", "textvqa/train_images/00cc.jpg"]
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompt_list([{"image": i, "text": f"q {k}"} for k, i in enumerate(images)], prompts)
+    return folder, prompts
+
+
+def test_check_lists_missing_and_unreadable_images(tmp_path: Path) -> None:
+    folder, prompts = _image_folder(tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_aug_dpo.data.seva_recipe",
+        "--check",
+        "--image-folder",
+        str(folder),
+        "--prompts",
+        str(prompts),
+        "--workers",
+        "2",
+    ]
+    root = str(Path(__file__).resolve().parents[1])  # the checkout, installed or not
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(
+        rf"checked 6 images for 7 prompts under {re.escape(str(folder))} in [\d.]+ s: "
+        r"3 missing or unreadable",
+        lines[0],
+    )
+    assert lines[1:4] == [
+        "  ocrvqa (ocr_vqa/images/): 3 images, 1 missing, 0 unreadable",
+        "  textcaps (textvqa/train_images/): 3 images, 0 missing, 2 unreadable",
+        "first 3 of 3:",
+    ]
+    assert lines[4] == f"  {folder / 'ocr_vqa/images/3.jpg'}: missing (2 prompts)"
+    assert lines[5].startswith(f"  {folder / 'textvqa/train_images/00bb.jpg'}: truncated")
+    assert lines[6] == f"  {folder / 'textvqa/train_images/00cc.jpg'}: not an image"
+    fixes = " ".join(" ".join(lines[7:]).split())
+    assert lines[7] == "fix:" and "OCR-VQA download script" in fixes
+    assert "textvqa.org" in fixes and "train_val_images.zip" in fixes
+    assert "data.on_bad_image: skip" in fixes
+
+
+def test_check_passes_a_complete_folder_and_headers_only_misses_truncation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = _image_folder(tmp_path)
+    rows = [{"image": i, "text": "q"} for i in (*OCR_OK, TC_OK)]
+    good = write_prompt_list(rows, tmp_path / "good.jsonl")
+    args = ["--check", "--image-folder", str(folder), "--show", "1"]
+    assert main([*args, "--prompts", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "3 images for 3 prompts" in out and "all images present and readable" in out
+    # Headers only: the file cut short mid-data passes, the text file does not.
+    cut = write_prompt_list(
+        [{"image": i, "text": "q"} for i in ("textvqa/train_images/00bb.jpg", "x/1.png")],
+        tmp_path / "c.jsonl",
+    )
+    assert main([*args, "--prompts", str(cut), "--headers-only"]) == 1
+    out = capsys.readouterr().out
+    assert "  textcaps (textvqa/train_images/): 1 images, 0 missing, 0 unreadable" in out
+    assert "  other (other paths): 1 images, 1 missing, 0 unreadable" in out
+    assert "first 1 of 1:" in out and "fix the image paths in the prompt file" in out
+    # Progress goes to stderr for long lists (here: every 2 images).
+    import lightning_aug_dpo.data.recipe_images as recipe_images
+    import lightning_aug_dpo.data.seva_recipe as seva_recipe
+
+    monkeypatch.setattr(recipe_images, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(seva_recipe, "PROGRESS_EVERY", 2)
+    assert main([*args, "--prompts", str(good)]) == 0
+    assert "checked 2/3 images (0 problems so far)" in capsys.readouterr().err
+
+
+def test_check_of_the_recipe_sampled_from_the_llava_json(
+    llava_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["--llava-json", str(llava_json), "--ocrvqa-images", "3", "--textcaps-images", "2"]
+    assert main([*argv, "--check", "--image-folder", str(empty)]) == 1
+    out = capsys.readouterr().out
+    assert "checked 5 images for 8 prompts" in out  # 3 covers x 2 questions + 2 captions
+    assert "  ocrvqa (ocr_vqa/images/): 3 images, 3 missing, 0 unreadable" in out
+    flat = " ".join(out.split())  # the fixes are wrapped at 100 columns
+    assert f"textcaps ({empty / 'textvqa/train_images'} does not exist): TextVQA" in flat
+    # Writing with --image-folder checks what was written, after writing it.
+    out_file = tmp_path / "p.jsonl"
+    assert main([*argv, "--out", str(out_file), "--image-folder", str(empty)]) == 1
+    assert len(out_file.read_text().splitlines()) == 8
+    assert "5 missing or unreadable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--check", "--prompts", "p.jsonl"], "--check needs --image-folder"),
+        (["--check", "--image-folder", "."], "one of --prompts / --llava-json"),
+        (["--check", "--image-folder", "nowhere", "--prompts", "p"], "nowhere is not a folder"),
+        (["--check", "--image-folder", ".", "--prompts", "none.jsonl"], "none.jsonl: prompt file"),
+        (["--out", "x.jsonl"], "--llava-json and --out are required"),
+    ],
+)
+def test_check_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_subsets_of_image_paths() -> None:
+    from lightning_aug_dpo.data.recipe_images import subset_of
+
+    # LLaVA's folders, and SeVa's bare names: ISBN / ASIN covers, 16-hex TextVQA ids.
+    assert [subset_of(p) for p in ("ocr_vqa/images/9.jpg", "textvqa/train_images/a.jpg")] == [
+        "ocrvqa", "textcaps",
+    ]  # fmt: skip
+    assert [subset_of(p) for p in ("962850500.jpg", "037575945X.jpg", "B014EFLPGE.jpg")] == [
+        "ocrvqa"
+    ] * 3
+    assert subset_of("d9eaf28c4d3f65b1.jpg") == "textcaps"
+    assert [subset_of(p) for p in ("coco/train2017/1.jpg", "photo.jpg")] == ["other", "other"]

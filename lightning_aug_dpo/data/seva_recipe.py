@@ -17,7 +17,10 @@ that ``data.image_folder`` can point at LLaVA's data root, as for the 665k JSON 
 ``basename_only=True`` it is the bare file name, exactly as in SeVa's files (then the image
 folder must hold the files of one subset directly).
 
-Run ``python -m lightning_aug_dpo.data.seva_recipe --help`` for the command line.
+Run ``python -m lightning_aug_dpo.data.seva_recipe --help`` for the command line. With
+``--check --image-folder DIR`` (and ``--prompts FILE`` or ``--llava-json FILE``) it writes nothing
+and lists every image those prompts need that is missing or unreadable, per subset, with the
+public archive that holds its folder (``data/recipe_images.py``); exit status 1 if any.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lightning_aug_dpo.atomic import write_lines
-from lightning_aug_dpo.data.prompts import clean_question, read_llava_json
+from lightning_aug_dpo.data.prompts import clean_question, load_prompts, read_llava_json
+from lightning_aug_dpo.data.recipe_images import (
+    PROGRESS_EVERY,
+    check_images,
+    print_progress,
+    report_lines,
+)
 
 SUBSETS = ("ocrvqa", "textcaps")
 # LLaVA-665k folder prefixes; TextCaps images live in TextVQA's train_images folder.
@@ -213,21 +222,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_aug_dpo.data.seva_recipe",
         description="Sample SeVa's unsupervised prompts (OCR-VQA + TextCaps) from "
-        "llava_v1_5_mix665k.json and write them as {image, text} JSONL.",
+        "llava_v1_5_mix665k.json and write them as {image, text} JSONL; with --check, list "
+        "the images those prompts need that are missing or unreadable (exit status 1 if any).",
     )
     parser.add_argument(
         "--llava-json",
         type=Path,
         metavar="PATH",
-        required=True,
         help="LLaVA-665k-format conversation list (llava_v1_5_mix665k.json)",
     )
     parser.add_argument(
         "--out",
         type=Path,
         metavar="PATH",
-        required=True,
         help="combined JSONL output (OCR-VQA rows, then TextCaps rows)",
+    )
+    check = parser.add_argument_group("image check (before any GPU time)")
+    check.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: check the images of --prompts FILE, or of the prompts "
+        "--llava-json would give, under --image-folder",
+    )
+    check.add_argument(
+        "--image-folder",
+        type=Path,
+        metavar="DIR",
+        help="the folder image paths are relative to (data.image_folder); with --out, the "
+        "written prompts are checked too",
+    )
+    check.add_argument(
+        "--prompts", type=Path, metavar="PATH", help="prompt list to check ({image, text} JSONL)"
+    )
+    check.add_argument(
+        "--show", type=int, metavar="N", default=20, help="problems listed (default: %(default)s)"
+    )
+    check.add_argument(
+        "--workers", type=int, metavar="N", help="reading threads (default: CPU count, max 16)"
+    )
+    check.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read headers only: seconds instead of minutes, but a truncated file passes",
     )
     parser.add_argument(
         "--ocrvqa-images",
@@ -295,9 +331,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_check(args: argparse.Namespace, images: list[str]) -> int:
+    """Check ``images`` under ``args.image_folder``, print the report; 1 if any is bad."""
+    result = check_images(
+        images,
+        args.image_folder,
+        workers=args.workers,
+        decode=not args.headers_only,
+        progress=print_progress if len(set(images)) >= PROGRESS_EVERY else None,
+    )
+    print("\n".join(report_lines(result, show=args.show)))
+    return 1 if result.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: sample, write the combined list (and per-subset lists), print counts."""
-    args = build_parser().parse_args(argv)
+    """CLI entry point: sample, write the combined list (and per-subset lists), print counts;
+    or (``--check``) check the images of a prompt list. Exit 0 ok, 1 bad images, 2 usage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image_folder is not None and not args.image_folder.is_dir():
+        parser.error(f"--image-folder {args.image_folder} is not a folder; pass data.image_folder")
+    if args.check:
+        if args.image_folder is None or (args.prompts is None) == (args.llava_json is None):
+            parser.error("--check needs --image-folder DIR and one of --prompts / --llava-json")
+        if args.prompts is not None:
+            try:
+                return run_check(args, [p.image for p in load_prompts(args.prompts).prompts])
+            except (ValueError, FileNotFoundError) as err:
+                parser.error(str(err))
+    elif args.llava_json is None or args.out is None:
+        parser.error("--llava-json and --out are required (or --check)")
     prompts = sample_seva_prompts(
         args.llava_json,
         ocrvqa_images=args.ocrvqa_images,
@@ -310,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         question_order=args.question_order,
     )
     combined = [row for subset in SUBSETS for row in prompts.get(subset, [])]
+    if args.check:
+        return run_check(args, [row["image"] for row in combined])
     write_prompt_list(combined, args.out)
     for subset, path in (("ocrvqa", args.ocrvqa_out), ("textcaps", args.textcaps_out)):
         if path is not None and subset in prompts:
@@ -321,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({counts.images_available} images, {counts.questions_available} questions available)"
         )
     print(f"wrote {args.out}: {len(combined)} prompts")
+    if args.image_folder is not None:
+        return run_check(args, [row["image"] for row in combined])
     return 0
 
 
