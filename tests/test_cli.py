@@ -123,8 +123,8 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["prompts"] == 16 and summary["prompt_visits"] == 32  # 16 prompts x 2 epochs
     assert summary["pairs_kept"] + summary["pairs_identical"] == 32
-    assert 0.0 <= summary["final_epoch_reward_accuracy"] <= 1.0
-    assert "mmvet/total" in summary
+    assert 0.0 <= summary["final_epoch_reward_accuracy_pct"] <= 100.0  # percent, as named
+    assert "mmvet/total_pct" in summary and "mmvet/complete" in summary
     printed = capsys.readouterr().out
     assert "run summary" in printed
     assert "prompts (distinct)" in printed and "prompt visits (all epochs)" in printed

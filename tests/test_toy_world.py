@@ -198,7 +198,10 @@ def test_description_metrics_by_hand() -> None:
     toy = score_toy(bench, answers)
     assert toy["toy/chair_i"] == 0.25 and not any("/pope/" in k for k in toy)
     table = format_toy_table({"base": toy}).splitlines()
-    assert table[1].split() == ["base", "25.0", "50.0", "85.7", "12.5", "33.3", "-", "-"]
+    assert table[0].split()[1:] == [
+        "CHAIR_i", "CHAIR_s", "cover", "colour", "count", "POPE-F1", "POPE-acc", "adv-F1"
+    ]  # fmt: skip
+    assert table[1].split() == ["base", "25.0", "50.0", "85.7", "12.5", "33.3", "-", "-", "-"]
     with pytest.raises(ValueError, match=r"no answer for toy-world questions \['d'\]"):
         score_descriptions(scenes, {k: answers[k] for k in "abc"})
 
@@ -339,5 +342,8 @@ def test_run_summary_picks_up_toy_metrics(tmp_path: Path) -> None:
     )  # fmt: skip
     module = SimpleNamespace(train_metrics=SimpleNamespace(compute=lambda: {}))
     summary = RunSummary().summary(trainer, module)  # type: ignore[arg-type]
-    assert summary["toy/chair_i"] == 0.25 and "train/loss" not in summary
-    assert "toy/pope/random/recall" not in summary  # the headline only; eval/toy/ has the rest
+    # one unit: the fraction 0.25 is 25 percent, under a key that says so
+    assert summary["toy/chair_i_pct"] == 25.0 and "toy/chair_i" not in summary
+    assert "train/loss" not in summary and "train/loss_pct" not in summary
+    # the headline only; eval/toy/ has the rest
+    assert not any(k.startswith("toy/pope/random/") for k in summary)

@@ -2,17 +2,13 @@
 
 SeVa's signal is only as good as the gap between the two images. :class:`PairGalleryCallback`
 shows, every few steps, the CLEAN image (chosen answer) beside the AUGMENTED one (rejected answer)
-with the prompt, both answers and the augmentation record, as a grid image in the Lightning
-logger(s) and as a self-contained ``gallery.html`` in the run directory.
+with the prompt, the ground truth where it is known, both answers and the augmentation record,
+as a grid image in the Lightning logger(s) and as a self-contained ``gallery.html`` in the run
+directory (:mod:`.gallery_html`; the ground truth: :mod:`.gallery_truth`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lightning_aug_dpo.atomic import write_text
 from lightning_aug_dpo.augment.base import CLIP_MEAN, CLIP_STD
+from lightning_aug_dpo.callbacks.gallery_html import record_summary, render_page, render_section
+from lightning_aug_dpo.callbacks.gallery_truth import AUTO, load_truth, truth_file, truth_of
 from lightning_aug_dpo.runs import run_dir
 from lightning_aug_dpo.types import PreferenceBatch
 
@@ -33,8 +31,6 @@ IMAGE_TAG = "train/pairs"
 PAD = 8  # margin around and between grid tiles, in pixels
 TEXT_WIDTH = 420  # the text column of the grid, in pixels
 MAX_FIELD_LINES = 6  # long answers are cut so that one pair cannot make the grid huge
-MAX_PARAMS_CHARS = 6000
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # invalid in HTML
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
@@ -106,56 +102,13 @@ def wrap_text(text: str, font: Font, width: int, max_lines: int | None = None) -
     return lines
 
 
-def record_summary(record: dict[str, Any] | None) -> str:
-    """One line of an augmentation record: preset, strength, other scalars, seed."""
-    if not record:
-        return "augmentation: unknown"
-    parts = [str(record.get("preset", record.get("name", "?")))]
-    if isinstance(record.get("strength"), int | float):
-        parts.append(f"strength {record['strength']:g}")
-    skip = {"preset", "name", "strength", "seed", "space"}
-    for key, value in record.items():
-        if key not in skip and isinstance(value, int | float | str) and not isinstance(value, bool):
-            parts.append(f"{key} {value}")
-    if "seed" in record:
-        parts.append(f"seed {record['seed']}")
-    params = record.get("params")
-    if isinstance(params, dict) and params.get("applied") is False:
-        parts.append("(not applied)")
-    return ", ".join(parts)
-
-
-def compact(value: Any, max_items: int = 6) -> Any:
-    """Shorten a JSON value for display: long lists keep ``max_items``, floats 4 digits."""
-    if isinstance(value, dict):
-        return {k: compact(v, max_items) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        head = [compact(v, max_items) for v in value[:max_items]]
-        return head + ([f"... (+{len(value) - max_items} more)"] if len(value) > max_items else [])
-    if isinstance(value, float):
-        return float(f"{value:.4g}")
-    return value
-
-
-def format_json(value: Any, indent: int = 0) -> str:
-    """JSON with short containers on one line and long ones expanded, one item per line."""
-    flat = json.dumps(value, ensure_ascii=False)
-    if len(flat) <= 72 or not isinstance(value, dict | list) or not value:
-        return flat
-    inner, outer = "  " * (indent + 1), "  " * indent
-    if isinstance(value, dict):
-        items = [f"{inner}{json.dumps(k)}: {format_json(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + f"\n{outer}}}"
-    items = [inner + format_json(v, indent + 1) for v in value]
-    return "[\n" + ",\n".join(items) + f"\n{outer}]"
-
-
 def _pair_lines(row: dict[str, Any], font: Font) -> list[tuple[str, str]]:
     """(line, colour) for one pair's text column."""
     out: list[tuple[str, str]] = []
     fields = [
         ("aug", record_summary(row.get("augmentation")), "#1f4e9a"),
         ("prompt", str(row.get("prompt", "")), "#000000"),
+        *([("truth", str(row["truth"]), "#6b4e00")] if row.get("truth") else []),
         ("chosen", str(row.get("chosen", "")), "#16772b"),
         ("rejected", str(row.get("rejected", "")), "#a32020"),
     ]
@@ -178,7 +131,8 @@ def render_pair_grid(
     Args:
         clean: uint8 ``(B, 3, H, W)`` clean images.
         augmented: uint8 ``(B, 3, H, W)`` augmented images, or ``None`` (offline pairs).
-        rows: one dict per pair with ``prompt``, ``chosen``, ``rejected``, ``augmentation``.
+        rows: one dict per pair with ``prompt``, ``chosen``, ``rejected``, ``augmentation``
+            (and ``truth``, shown where present).
     """
     font = load_font()
     step = line_height(font)
@@ -202,85 +156,6 @@ def render_pair_grid(
     return canvas
 
 
-def png_data_uri(image: Image.Image, max_side: int | None = None) -> str:
-    """``data:image/png;base64,...`` of ``image``, shrunk to ``max_side`` if it is larger."""
-    if max_side is not None and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def render_section(
-    step: int,
-    clean: Sequence[Image.Image],
-    augmented: Sequence[Image.Image] | None,
-    rows: Sequence[dict[str, Any]],
-    thumbnail_size: int = 160,
-) -> str:
-    """The HTML of one logged step: per pair both thumbnails, the texts and the record."""
-
-    def esc(text: str) -> str:
-        return html.escape(CONTROL_CHARS.sub("\ufffd", text))
-
-    pairs = []
-    for i, image in enumerate(clean):
-        row = rows[i] if i < len(rows) else {}
-        record = row.get("augmentation")
-        aug = (
-            f'<figure><img src="{png_data_uri(augmented[i], thumbnail_size)}" alt="augmented">'
-            "<figcaption>augmented (rejected)</figcaption></figure>"
-            if augmented is not None
-            else '<figure class="none">no augmented image</figure>'
-        )
-        params = format_json(compact(record)) if record else "{}"
-        if len(params) > MAX_PARAMS_CHARS:  # cut before escaping: never inside an entity
-            params = params[:MAX_PARAMS_CHARS] + "\n..."
-        pairs.append(
-            '<div class="pair"><div class="imgs">'
-            f'<figure><img src="{png_data_uri(image, thumbnail_size)}" alt="original">'
-            f"<figcaption>original (chosen)</figcaption></figure>{aug}</div>"
-            '<dl class="text">'
-            f"<dt>id</dt><dd>{esc(str(row.get('id', '')))} {esc(str(row.get('image', '')))}</dd>"
-            f"<dt>prompt</dt><dd>{esc(str(row.get('prompt', '')))}</dd>"
-            f'<dt>chosen</dt><dd class="chosen">{esc(str(row.get("chosen", "")))}</dd>'
-            f'<dt>rejected</dt><dd class="rejected">{esc(str(row.get("rejected", "")))}</dd>'
-            f"<dt>augmentation</dt><dd>{esc(record_summary(record))}"
-            f"<details><summary>record</summary><pre>{esc(params)}</pre></details></dd>"
-            "</dl></div>"
-        )
-    return f'<section id="step-{step}"><h2>step {step}</h2>{"".join(pairs)}</section>'
-
-
-PAGE_STYLE = """
-body { font-family: sans-serif; margin: 1em 2em; color: #222; }
-section { border-top: 2px solid #ccc; padding-top: .5em; }
-.pair { display: flex; gap: 1.5em; margin: 1em 0; align-items: flex-start; }
-.imgs { display: flex; gap: .5em; flex: none; }
-figure { margin: 0; text-align: center; font-size: 80%; color: #555; }
-figure img { width: var(--thumb); height: auto; image-rendering: pixelated; display: block; }
-figure.none { width: var(--thumb); height: var(--thumb); background: #ddd; }
-dl.text { margin: 0; display: grid; grid-template-columns: max-content 1fr; gap: .2em 1em; }
-dt { font-weight: bold; } dd { margin: 0; white-space: pre-wrap; }
-dd.chosen { color: #16772b; } dd.rejected { color: #a32020; }
-pre { font-size: 80%; background: #f4f4f4; padding: .5em; max-height: 30em; overflow: auto; }
-"""
-
-
-def render_page(
-    sections: Sequence[str], title: str = "augmentation pairs", thumb: int = 160
-) -> str:
-    """A standalone HTML page (inline CSS, no scripts) holding ``sections`` in order."""
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>:root {{ --thumb: {thumb}px; }}"
-        f"{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        "<p>Left: the clean image the chosen answer came from; right: the augmented image of "
-        "the rejected answer. Newest step first.</p>\n" + "\n".join(sections) + "\n</body></html>\n"
-    )
-
-
 class PairGalleryCallback(Callback):
     """Log clean/augmented image pairs with their answers, every ``every_n_steps`` steps.
 
@@ -297,6 +172,11 @@ class PairGalleryCallback(Callback):
         log_images: also send the grid image to the logger(s).
         max_sections: steps kept in the page (bounds its size).
         thumbnail_size: the page's images are shrunk to this side when larger.
+        truth_from: the ground truth shown beside the two answers: a JSON file ``{image:
+            truth}`` (``image`` as the prompt source names it; ``truth`` a text, or a toy-world
+            scene record, shown as its objects left to right); ``"auto"`` (default): the
+            ``scenes.json`` that the toy world writer puts beside its image folder, where the
+            data's ``image_folder`` has one; ``None``: none. A row's own ``truth`` comes first.
     """
 
     def __init__(
@@ -307,6 +187,7 @@ class PairGalleryCallback(Callback):
         log_images: bool = True,
         max_sections: int = 20,
         thumbnail_size: int = 160,
+        truth_from: str | None = AUTO,
     ) -> None:
         super().__init__()
         sizes = {
@@ -323,8 +204,22 @@ class PairGalleryCallback(Callback):
         self.log_images = log_images
         self.max_sections = max_sections
         self.thumbnail_size = thumbnail_size
+        self.truth_from = truth_from
+        self.truth: dict[str, str] | None = None  # read on the first page
         self.sections: list[str] = []  # newest first
         self.last_step: int | None = None
+
+    def load_truth(self, trainer: pl.Trainer) -> dict[str, str]:
+        """``{image: truth text}`` from ``truth_from``, read once (empty where there is none)."""
+        if self.truth is None:
+            found = truth_file(self.truth_from, trainer)
+            self.truth = {} if found is None else load_truth(found)
+        return self.truth
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # a missing or malformed truth file stops the run before the first step, not at it
+        if stage == "fit" and trainer.is_global_zero:
+            self.load_truth(trainer)
 
     def should_log(self, step: int) -> bool:
         """First call, then multiples of ``every_n_steps``; once per step (gradient
@@ -351,7 +246,9 @@ class PairGalleryCallback(Callback):
     ) -> Image.Image:
         """Render, log and write the pairs of ``batch`` for ``step``; returns the grid image."""
         n = min(len(batch), self.max_pairs)
-        rows = list(batch.meta.get("rows", []))[:n]
+        truth = self.load_truth(trainer)
+        # copies: the rows are the DataModule's (the pairs writer and the step read them too)
+        rows = [truth_of(row, truth) for row in list(batch.meta.get("rows", []))[:n]]
         # Un-normalise with the model's own statistics (CLIP's when the module has none).
         pre = getattr(pl_module, "preprocessor", None)
         mean, std = (CLIP_MEAN, CLIP_STD) if pre is None else (pre.mean, pre.std)

@@ -2,6 +2,12 @@
 
 :class:`RunSummary` summarises ``fit``; ``predict`` (offline pairs) is summarised by
 :class:`~lightning_aug_dpo.callbacks.pairs_writer.PairsWriter` with the same helpers.
+
+One unit in ``summary.json``: every rate, share, accuracy and benchmark score is in percent and
+its key ends in ``_pct`` (``identical_rate_pct``, ``toy/chair_i_pct``, ``mmvet/total_pct``).
+The sources differ (pair rates, reward accuracy and the toy world's description metrics are
+computed as fractions; POPE, MM-Vet and LLaVA-Bench in percent), so each is converted here;
+keys without the suffix are counts, losses, margins or throughputs in their own units.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_aug_dpo.atomic import write_json
+from lightning_aug_dpo.eval.toy_world import as_percent
 from lightning_aug_dpo.runs import run_dir
 
+PCT = "_pct"  # the suffix of every value in percent
 # Table labels where the JSON key alone would be ambiguous.
 LABELS = {
     "prompts": "prompts (distinct)",
@@ -49,15 +57,23 @@ def print_summary(title: str, summary: Mapping[str, object]) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     for key, value in summary.items():
-        label = LABELS.get(key, key.replace("_", " "))
+        label = _label(key)
         if isinstance(value, Mapping) and value:
             for sub, item in value.items():
-                table.add_row(f"{label}: {sub}", _text(item))
+                table.add_row(f"{label}: {_label(sub)}", _text(item))
         elif isinstance(value, Mapping):
             table.add_row(label, "none")
         else:
             table.add_row(label, _text(value))
     Console().print(table)
+
+
+def _label(key: str) -> str:
+    if key.endswith(PCT):
+        return _label(key.removesuffix(PCT)) + " (%)"
+    if "/" in key:  # a metric name (toy/chair_i): as logged, so it can be searched for
+        return key
+    return LABELS.get(key, key.replace("_", " "))
 
 
 def _text(value: object) -> str:
@@ -82,13 +98,54 @@ TOY_HEADLINE = (
     "toy/pope/mean/f1",
     "toy/pope/adversarial/f1",
 )
+# Benchmark values that are no score: a 0/1 flag and a count of unparsed reviews.
+NOT_SCORES = ("/complete", "/failed")
+
+
+def benchmark_percent(name: str, value: float) -> tuple[str, float]:
+    """A logged benchmark metric as its summary key and value: scores in percent under a
+    ``_pct`` key; flags and counts as they are. MM-Vet, LLaVA-Bench and POPE score in percent
+    already; the toy world's description metrics are fractions."""
+    if name.endswith(NOT_SCORES):
+        return name, value
+    return name + PCT, round(as_percent(name, value), 4)
+
+
+def as_percent_fields(out: dict[str, object], fractions: tuple[str, ...]) -> None:
+    """Replace each fraction ``out[key]`` by ``out[key + "_pct"]`` in percent, in place and in
+    order (``None`` stays ``None``: a figure the run could not measure)."""
+    for key in list(out):
+        value = out.pop(key)
+        if key in fractions:
+            key += PCT
+            value = None if value is None else round(100.0 * float(value), 4)  # type: ignore[arg-type]
+        out[key] = value
+
+
+def _is_summarised(name: str) -> bool:
+    return name.startswith(("mmvet/", "llava_bench/")) or name in TOY_HEADLINE
+
+
+def starting_model_scores(trainer: pl.Trainer) -> dict[str, float]:
+    """The starting model's benchmark scores where a callback measured them before the first
+    step (``ToyWorldCallback(before=True)`` keeps them in ``before_metrics``)."""
+    out: dict[str, float] = {}
+    for callback in getattr(trainer, "callbacks", None) or []:
+        before = getattr(callback, "before_metrics", None)
+        if isinstance(before, Mapping):
+            out.update(
+                benchmark_percent(k, float(v)) for k, v in before.items() if _is_summarised(k)
+            )
+    return out
 
 
 class RunSummary(Callback):
-    """Prompts seen, pairs kept and dropped, final reward accuracy and benchmark scores.
+    """Prompts seen, pairs kept and dropped, final reward accuracy and benchmark scores: after
+    training, and before it (``before``) where a callback scored the starting model.
 
     ``prompts`` is the number of distinct training prompts (pairs, when training from a pairs
     file); ``prompt_visits`` counts every time one was rolled out or read, over all epochs.
+    Rates and scores are in percent, under keys ending in ``_pct``.
     """
 
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
@@ -101,16 +158,26 @@ class RunSummary(Callback):
         }
         pairs = {k.removeprefix("pairs/"): v for k, v in stats.items() if k.startswith("pairs/")}
         out.update(pair_statistics(pairs))
+        accuracy = stats.get("rewards/accuracies")
         out.update(
             {
                 "final_epoch_loss": stats.get("loss"),
-                "final_epoch_reward_accuracy": stats.get("rewards/accuracies"),
+                "final_epoch_reward_accuracy": None if accuracy is None else float(accuracy),
                 "final_epoch_reward_margin": stats.get("rewards/margins"),
             }
         )
+        # pair_statistics and the reward accuracy count in fractions (the predict summary
+        # keeps them so); here everything is in percent
+        as_percent_fields(
+            out, ("identical_rate", "rollout_eos_rate", "final_epoch_reward_accuracy")
+        )
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(("mmvet/", "llava_bench/")) or name in TOY_HEADLINE:
-                out[name] = float(value)
+            if _is_summarised(name):
+                key, converted = benchmark_percent(name, float(value))
+                out[key] = converted
+        before = starting_model_scores(trainer)
+        if before:
+            out["before"] = before
         # The module writes the adapter in its own on_fit_end, which runs after the callbacks'.
         out["adapter"] = str(run_dir(trainer) / "adapter")
         return out

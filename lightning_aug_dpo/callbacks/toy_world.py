@@ -9,11 +9,16 @@ Writes ``answers.jsonl`` (``{id, prompt, answer}``) and ``scores.json`` under
 ``<run dir>/eval/toy/epoch=N/``; logs ``toy/<metric>`` and ``toy/pope/<split>/<metric>``.
 With ``before: true`` the starting model is evaluated too, before the first step (into
 ``eval/toy/before/``), and the last evaluation prints and writes the before -> after table
-(``eval/toy/before_after.md`` and ``.json``): what training changed, on held-out data.
+(``eval/toy/before_after.md`` and ``.json``): what training changed, on held-out data, in
+percent, with the change of each metric, which way is better, whether the change is an
+improvement, and what answers that ignore the image score on the same split ("always yes" to
+every probe, "say nothing" in every description).
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,17 @@ from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
 from lightning_aug_dpo.eval.pipeline import finish_toy
 from lightning_aug_dpo.eval.toy_world import (
     ToyBenchmark,
-    format_toy_table,
+    as_percent,
+    compare_toy,
+    format_before_after,
     load_toy_benchmark,
     toy_prompts,
+    trivial_baselines,
 )
 from lightning_aug_dpo.runs import run_dir
+
+# What a description holds on average, beside the percentages: how much the model says.
+PER_ANSWER = {"objects named": "toy/mentions_per_answer", "words": "toy/words_per_answer"}
 
 
 class ToyWorldCallback(BenchmarkCallback):
@@ -116,9 +127,70 @@ class ToyWorldCallback(BenchmarkCallback):
         super().on_train_epoch_end(trainer, pl_module)
         last = self._last(trainer)
         if self.before_metrics and last and self.last_record and trainer.is_global_zero:
-            rows = {"before": self.before_metrics, "after": self.last_record["metrics"]}
-            table = format_toy_table(rows)
             root = run_dir(trainer) / "eval" / self.benchmark
-            write_text(root / "before_after.md", table + "\n")
-            write_json(root / "before_after.json", rows)
-            rank_zero_info(f"toy world, held-out {self.data_dir} (before -> after):\n{table}")
+            after = self.last_record["metrics"]
+            report = self.before_after(self.before_metrics, after, trainer.current_epoch)
+            write_text(root / "before_after.md", report["text"] + "\n")
+            write_json(root / "before_after.json", {k: v for k, v in report.items() if k != "text"})
+            rank_zero_info(report["text"])
+
+    def before_after(
+        self, before: Mapping[str, float], after: Mapping[str, float], epoch: int
+    ) -> dict[str, Any]:
+        """The before -> after report: ``text`` (the printed table with its notes) and, for
+        ``before_after.json``, every headline value in percent (changes in percentage points),
+        which way is better, the verdict and the trivial baselines of this split."""
+        bench = self.bench()
+        baselines = trivial_baselines(bench)
+        compared = compare_toy(before, after)
+        probes = 0 if bench.pope is None else len(bench.pope.items)
+        title = (
+            f"toy world, held-out {self.data_dir} ({len(bench.questions)} descriptions, "
+            f"{probes:,} probes), before -> after:"
+        )
+        table = format_before_after(before, after, baselines)
+        notes = [
+            "change = after - before, in percentage points; 'better': which way is an "
+            "improvement; 'verdict': whether the change is one. One run, one seed: "
+            "benchmarks/toy_world.py repeats the experiment over seeds, with controls.",
+        ]
+        counts = [
+            f"{label} per description: {before[key]:.2f} -> {after[key]:.2f}"
+            for label, key in PER_ANSWER.items() if key in before and key in after
+        ]  # fmt: skip
+        if counts:  # a shortcut shows here: fewer objects named, not fewer wrong ones
+            notes.append("; ".join(counts) + ".")
+        if "always yes" in baselines:
+            notes.append("always yes: answering 'yes' to every probe, whatever the image shows.")
+        if "say nothing" in baselines:
+            notes.append("say nothing: naming no object scores CHAIR 0 and coverage 0, so a lower "
+                         "CHAIR counts only where coverage holds.")  # fmt: skip
+
+        def column(field: str) -> dict[str, Any]:
+            return {k: _rounded(c[field]) for k, c in compared.items()}
+
+        return {
+            "text": "\n".join([title, table, *(textwrap.fill(n, 96) for n in notes)]),
+            "unit": "percent",
+            "split": str(self.data_dir),
+            "descriptions": len(bench.questions),
+            "probes": probes,
+            **{field: column(field) for field in ("better", "before", "after", "change")},
+            "verdict": column("verdict"),
+            "baselines": {
+                name: {k: _rounded(as_percent(k, v)) for k, v in metrics.items() if k in compared}
+                for name, metrics in baselines.items()
+            },
+            "per_description": {  # counts, not percent
+                label: {"before": _rounded(before[key]), "after": _rounded(after[key])}
+                for label, key in PER_ANSWER.items()
+                if key in before and key in after
+            },
+            # every metric, in the scorer's units (description shares as fractions)
+            "scores": {"before": "before/scores.json", "after": f"epoch={epoch}/scores.json"},
+        }
+
+
+def _rounded(value: Any) -> Any:
+    # float32 noise from logged tensors (39.33333456) says nothing: 4 decimals of a percent
+    return round(value, 4) if isinstance(value, float) else value

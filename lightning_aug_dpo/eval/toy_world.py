@@ -14,6 +14,11 @@ with the scene's objects ``O`` and the distinct mentioned kinds ``M`` (colour + 
 
 POPE-style yes/no probes (``pope/coco_pope_<split>.json``) are scored by the project's POPE
 scorer (:mod:`lightning_aug_dpo.eval.pope`), so they read like the real benchmark.
+
+Units: the description shares are fractions in [0, 1] and POPE's metrics percent, as each
+scorer reports them; the tables (:func:`format_toy_table`, :func:`format_before_after`) show
+both in percent (:func:`as_percent`). :func:`trivial_baselines` scores answers that ignore the
+image (always "yes"; naming nothing) with the same scorers, so a table shows what chance gives.
 """
 
 from __future__ import annotations
@@ -131,6 +136,13 @@ def score_descriptions(
     }
 
 
+def truth_text(scene: ToyScene) -> str:
+    """The scene's objects left to right, as a reader checks an answer against them:
+    ``small red circle (left), large blue square (right)``."""
+    sides = ("left", "middle", "right")
+    return ", ".join(f"{o.size} {o.color} {o.kind} ({sides[o.column]})" for o in scene.objects)
+
+
 @dataclass(frozen=True)
 class ToyBenchmark:
     """A toy-world evaluation split: long-form prompts with scenes, and POPE probes."""
@@ -204,18 +216,109 @@ def toy_prompts(bench: ToyBenchmark) -> tuple[dict[str, str], dict[str, Path]]:
     return questions, images
 
 
+# The headline columns of the toy tables: (label, metric, which way is an improvement).
+TOY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("CHAIR_i", "toy/chair_i", "lower"),
+    ("CHAIR_s", "toy/chair_s", "lower"),
+    ("cover", "toy/coverage", "higher"),
+    ("colour", "toy/colour_errors", "lower"),
+    ("count", "toy/count_errors", "lower"),
+    ("POPE-F1", "toy/pope/mean/f1", "higher"),
+    ("POPE-acc", "toy/pope/mean/accuracy", "higher"),
+    ("adv-F1", "toy/pope/adversarial/f1", "higher"),
+)
+# The description metrics that are shares (scored as fractions); the others are per answer.
+SHARES = frozenset(
+    f"toy/{m}" for m in DESCRIPTION_METRICS if m not in ("mentions_per_answer", "words_per_answer")
+)
+SAME_WITHIN = 0.05  # a change that prints as 0.0 percentage points is no change
+
+
+def as_percent(key: str, value: float) -> float:
+    """A toy metric in percent: the description shares are scored as fractions, POPE in percent
+    already; other values (words per answer, ...) are returned as they are."""
+    return 100.0 * value if key in SHARES else value
+
+
+def verdict(change: float, better: str) -> str:
+    """``better`` / ``worse`` / ``same`` for a change in percentage points, given which way
+    (``lower`` or ``higher``) is an improvement."""
+    if abs(change) < SAME_WITHIN:
+        return "same"
+    return "better" if (change < 0) == (better == "lower") else "worse"
+
+
+def compare_toy(
+    before: Mapping[str, float], after: Mapping[str, float]
+) -> dict[str, dict[str, Any]]:
+    """Per headline metric present in both: before, after and change (after - before) in
+    percent / percentage points, which way is better and whether the change is an improvement."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, key, better in TOY_COLUMNS:
+        if key in before and key in after:
+            b, a = as_percent(key, before[key]), as_percent(key, after[key])
+            out[key] = {"label": label, "better": better, "before": b, "after": a,
+                        "change": a - b, "verdict": verdict(a - b, better)}  # fmt: skip
+    return out
+
+
+def trivial_baselines(bench: ToyBenchmark) -> dict[str, dict[str, float]]:
+    """What answers that ignore the image score on ``bench``, computed by the real scorers:
+    ``always yes`` to every probe (POPE metrics; 50/50 probes give F1 66.7, accuracy 50) and
+    ``say nothing`` to every description (CHAIR 0, coverage 0: why CHAIR is read beside
+    coverage). Raw metric units, as :func:`score_toy`'s."""
+    out: dict[str, dict[str, float]] = {}
+    if bench.pope is not None and bench.pope.items:
+        yes = score_pope(bench.pope.items, dict.fromkeys(bench.pope.items, "Yes"))
+        out["always yes"] = {
+            f"toy/pope/{split}/{m}": v for split, metrics in yes.items() for m, v in metrics.items()
+        }
+    if bench.scenes:
+        nothing = score_descriptions(bench.scenes, dict.fromkeys(bench.scenes, ""))
+        keep = ("chair_i", "chair_s", "coverage", "colour_errors")  # no count is stated at all
+        out["say nothing"] = {f"toy/{m}": nothing[m] for m in keep}
+    return out
+
+
+def _cells(metrics: Mapping[str, float], fmt: str = "{:.1f}") -> str:
+    cells = []
+    for _, key, _ in TOY_COLUMNS:
+        value = metrics.get(key)
+        cells.append(f"{'-' if value is None else fmt.format(as_percent(key, value)):>9}")
+    return "".join(cells)
+
+
 def format_toy_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table, one row per model: CHAIR_i/_s, coverage, errors, POPE F1."""
-    cols = [("CHAIR_i", "toy/chair_i"), ("CHAIR_s", "toy/chair_s"), ("cover", "toy/coverage"),
-            ("colour", "toy/colour_errors"), ("count", "toy/count_errors"),
-            ("POPE-F1", "toy/pope/mean/f1"), ("adv-F1", "toy/pope/adversarial/f1")]
+    """A plain-text table in percent, one row per model: CHAIR_i/_s, coverage, errors, POPE."""
     width = max([len(k) for k in rows] + [8])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c, _ in cols)]
-    for name, metrics in rows.items():
-        cells = []
-        for _, key in cols:
-            value = metrics.get(key)
-            scale = 1.0 if "/pope/" in key else 100.0  # percent everywhere
-            cells.append(f"{'-' if value is None else f'{value * scale:.1f}':>9}")
-        lines.append(f"{name:<{width}}" + "".join(cells))
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c, _, _ in TOY_COLUMNS)]
+    lines += [f"{name:<{width}}" + _cells(metrics) for name, metrics in rows.items()]
+    return "\n".join(lines)
+
+
+def _signed(change: float) -> str:
+    return "0.0" if abs(change) < SAME_WITHIN else f"{change:+.1f}"  # never "-0.0"
+
+
+def format_before_after(
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """The before -> after table: which way is better, both rows, the change (after - before,
+    in percentage points) and whether it is an improvement, then the trivial baselines."""
+    compared = compare_toy(before, after)
+    width = 12
+    head = f"{'(percent)':<{width}}" + "".join(f"{c:>9}" for c, _, _ in TOY_COLUMNS)
+
+    def row(name: str, values: Mapping[str, str]) -> str:
+        cells = "".join(f"{values.get(key, '-'):>9}" for _, key, _ in TOY_COLUMNS)
+        return f"{name:<{width}}" + cells
+
+    lines = [head, row("better", {k: f"{b}" for _, k, b in TOY_COLUMNS})]
+    lines += [f"{'before':<{width}}" + _cells(before), f"{'after':<{width}}" + _cells(after)]
+    lines.append(row("change", {k: _signed(c["change"]) for k, c in compared.items()}))
+    lines.append(row("verdict", {k: c["verdict"] for k, c in compared.items()}))
+    for name, metrics in (baselines or {}).items():
+        lines.append(f"{name:<{width}}" + _cells(metrics))
     return "\n".join(lines)
