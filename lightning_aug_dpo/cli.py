@@ -5,6 +5,7 @@
     lightning-aug-dpo fit --config configs/sft_demo.yaml   # supervised fine-tuning (SFTDataModule)
     lightning-aug-dpo predict --config configs/demo.yaml   # offline pairs (PairsWriter)
     lightning-aug-dpo preview --preset moco --images a.jpg b.png   # a preset's augmentations
+    lightning-aug-dpo generate --model M [--adapter A] --image I "question"   # answer it
 
 ``model`` and ``data`` take a ``class_path``, so a new VLM or prompt source is a subclass named in
 YAML: no registry.
@@ -14,26 +15,66 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+import lightning_aug_dpo
 from lightning_aug_dpo.checkpoint_io import explain_load_errors, use_atomic_checkpoints
+from lightning_aug_dpo.errors import UserInputError
 from lightning_aug_dpo.module import AugDPOModule
+from lightning_aug_dpo.preflight import run_problems
+from lightning_aug_dpo.validation import ConfigError
+
+# The package loads its names lazily; the CLI imports them all, so that LightningCLI lists every
+# family, loss, augmentation and callback in --help and resolves their short class names.
+for _name in lightning_aug_dpo.__all__:
+    getattr(lightning_aug_dpo, _name)
 
 
 class AugDPOCLI(LightningCLI):
     """LightningCLI with subclass mode for both the model and the data, whose Trainer writes
     ``.ckpt`` files atomically and resumes with ``torch.load(weights_only=True)``
-    (:class:`AtomicCheckpointIO`: no plugin to configure)."""
+    (:class:`AtomicCheckpointIO`: no plugin to configure).
+
+    Before any class is built, the whole configuration is checked (:mod:`.preflight`); the
+    problems it finds, with those the constructors raise, stop the run together as one
+    :class:`ConfigError`. A run that fails before its first optimizer step removes the run
+    folder it created, so a failed attempt leaves nothing behind."""
+
+    def before_instantiate_classes(self) -> None:
+        # Only before a run: run=False parses and builds for inspection (configs of machines
+        # and data this one lacks), where missing paths are expected.
+        self.problems = run_problems(self.config[self.subcommand]) if self.subcommand else []
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except ValueError as err:  # a constructor's own check of a value from the config
+            raise ConfigError([*self.problems, root_message(err)]) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.problems:  # before the Trainer: it would fail on a missing accelerator itself
+            raise ConfigError(self.problems)
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        new = first_new_folder(planned_run_dir(self.trainer))
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if new is not None and self.trainer.is_global_zero and not trained_steps(self.trainer):
+                shutil.rmtree(new, ignore_errors=True)
+            raise
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the hyperparameters of --ckpt_path (weights_only=True) before any
@@ -42,6 +83,40 @@ class AugDPOCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         with explain_load_errors(path):
             super()._parse_ckpt_path()
+
+
+def root_message(error: BaseException) -> str:
+    """The innermost ValueError's message: jsonargparse wraps a constructor's own error in
+    lines about Union subtypes that name no key."""
+    while isinstance(error.__cause__ or error.__context__, ValueError):
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return str(error)
+
+
+def trained_steps(trainer: Trainer) -> int:
+    """Optimizer steps that updated the model: Lightning counts a step whose batch held no
+    pair too (``training_step`` returned None), the module counts those as empty batches."""
+    module = trainer.lightning_module
+    return trainer.global_step - int(getattr(module, "empty_batches", 0) if module else 0)
+
+
+def first_new_folder(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (what this run would
+    create: ``runs/name/version_0``, or ``name/version_0`` under an existing ``runs``)."""
+    new = None
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists():
+            return new
+        new = path
+    return new
+
+
+def planned_run_dir(trainer: Trainer) -> Path:
+    """Where this run's files will go (the logger's versioned folder), without creating it."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if isinstance(logger, CSVLogger | TensorBoardLogger):
+        return Path(logger.log_dir)
+    return Path(trainer.default_root_dir)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AugDPOCLI:
@@ -110,10 +185,20 @@ def preview_main(args: list[str]) -> Path:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry point (``args=None`` reads ``sys.argv``)."""
+    """Console-script entry point (``args=None`` reads ``sys.argv``). A user-input error (a
+    config value, a data file, an image) prints its message and exits 2, without a traceback."""
     argv = sys.argv[1:] if args is None else list(args)
-    # LightningCLI's subcommands are fixed (fit, validate, ...): route ours before it parses.
-    if argv and argv[0] == "preview":
-        preview_main(argv[1:])
-        return
-    cli_main(args)
+    try:
+        # LightningCLI's subcommands are fixed (fit, validate, ...): route ours before it parses.
+        if argv and argv[0] == "preview":
+            preview_main(argv[1:])
+            return
+        if argv and argv[0] == "generate":
+            from lightning_aug_dpo.answer import generate_main
+
+            generate_main(argv[1:])
+            return
+        cli_main(args)
+    except UserInputError as err:
+        print(f"lightning-aug-dpo: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

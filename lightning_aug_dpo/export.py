@@ -7,9 +7,13 @@ is atomic and refuses non-finite weights.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from lightning_aug_dpo.atomic import atomic_dir
+from lightning_aug_dpo.model_card import finish_adapter_folder, model_card
 from lightning_aug_dpo.runs import run_dir
 
 
@@ -51,18 +55,28 @@ class CheckpointExportMixin:
             if self.hparams.export_merged or not self.has_adapter:
                 self.export_merged(run_dir(self.trainer) / "merged")
 
-    def save_adapter(self, path: Any) -> None:
+    def run_folder(self) -> Path | None:
+        """The run directory while a Trainer is attached (where the evaluation tables are)."""
+        trainer = getattr(self, "_trainer", None)
+        return run_dir(trainer) if trainer is not None else None
+
+    def save_adapter(self, path: Any, dtype: torch.dtype | None = None) -> None:
         """PEFT-format adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
         written to a temporary folder beside ``path`` and renamed into place: a kill mid-save
-        leaves the previous adapter (or none), never a partial one."""
+        leaves the previous adapter (or none), never a partial one. Its tensors are in
+        ``dtype`` (default: the model's ``torch_dtype``), its base model path is absolute and
+        its README.md is the run's model card (:mod:`lightning_aug_dpo.model_card`)."""
         if not self.has_adapter:
             raise ValueError(
                 f"not writing {path}: model.finetune: full has no adapter; use "
                 "export_merged (a plain model folder)"
             )
         self.check_finite(f"the adapter {path}")
+        card = model_card(self, "adapter", self.run_folder())
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(str(tmp))
+            base = str(self.hparams.model_name_or_path)
+            finish_adapter_folder(Path(tmp), base, dtype or self.compute_dtype, card)
 
     def export_merged(self, path: Any) -> None:
         """A plain transformers checkpoint: the base in ``torch_dtype`` (never 4-bit: merging
@@ -74,7 +88,7 @@ class CheckpointExportMixin:
         if not self.has_adapter:
             return self.save_full_model(path)
         with tempfile.TemporaryDirectory() as adapter:
-            self.save_adapter(adapter)
+            self.save_adapter(adapter, torch.float32)  # merged exactly, then cast with the base
             self._full_precision = True
             try:
                 base = self.load_model()
@@ -84,3 +98,4 @@ class CheckpointExportMixin:
         with atomic_dir(path) as tmp:  # all of merged/ or the previous one, as save_adapter
             merged.save_pretrained(str(tmp))
             self.processor.save_pretrained(str(tmp))
+            (Path(tmp) / "README.md").write_text(model_card(self, "merged", self.run_folder()))

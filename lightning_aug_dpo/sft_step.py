@@ -25,6 +25,7 @@ from torch import nn
 from lightning_aug_dpo.atomic import atomic_dir
 from lightning_aug_dpo.conversation import TRUNCATED, ConversationMixin
 from lightning_aug_dpo.losses import IGNORE_INDEX, response_logits_to_keep, token_nll
+from lightning_aug_dpo.model_card import model_card
 from lightning_aug_dpo.types import SFTBatch
 from lightning_aug_dpo.validation import IMAGE_TOKEN_MISMATCH, PROMPT_TOO_LONG
 
@@ -113,9 +114,11 @@ class SFTMixin(ConversationMixin):
             k: v.to(dtype) if v.is_floating_point() else v
             for k, v in self.model.state_dict().items()
         }
+        card = model_card(self, "merged", self.run_folder())
         with atomic_dir(Path(path)) as tmp:
             self.model.save_pretrained(str(tmp), state_dict=state)
             self.processor.save_pretrained(str(tmp))
+            (Path(tmp) / "README.md").write_text(card)
 
     # ------------------------------------------------------------------ the SFT step
     def sft_step(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_aug_dpo.errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 # Reasons a pair is refused after tokenisation (``train/pairs/dropped/<reason>``).
@@ -25,7 +27,7 @@ PROMPT_TOO_LONG = "prompt_exceeds_max_length"
 IMAGE_TOKEN_MISMATCH = "image_token_mismatch"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """One or more configuration problems, each naming its key and the fix."""
 
     def __init__(self, problems: list[str]) -> None:

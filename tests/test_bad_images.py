@@ -373,6 +373,7 @@ def _fit_args(run_dir: Path, mode: str) -> list[str]:
         f"--data.init_args.data_path={run_dir / 'prompts.jsonl'}",
         f"--data.init_args.image_folder={run_dir / 'images'}",
         f"--data.init_args.on_bad_image={mode}",
+        "--data.init_args.max_bad_fraction=null",  # 6 of 14 bad: on purpose, train anyway
         "--data.init_args.num_prompts=null",
         "--data.init_args.num_val_prompts=0",
         "--data.init_args.batch_size=8",
@@ -404,7 +405,7 @@ def test_fit_with_skip_completes_and_reports_each_bad_file(bad_demo, caplog) -> 
             assert name not in summary
 
 
-def test_fit_with_error_stops_at_the_first_bad_file(bad_demo) -> None:
+def test_fit_with_error_stops_at_the_first_bad_file(bad_demo, monkeypatch) -> None:
     run_dir, expected = bad_demo
     # the malformed JSON line comes first: it stops the run before any image is read
     with pytest.raises(ValueError, match=r"line 3 not valid JSON"):
@@ -421,6 +422,14 @@ def test_fit_with_error_stops_at_the_first_bad_file(bad_demo) -> None:
     dm.setup("fit")
     skipped = [batch.skipped[0][0] for batch in dm.train_dataloader() if batch.skipped]
     first = Path(skipped[0]).name
+    # up front, before the model loads: every bad image of the sampled rows (here all of them)
+    with pytest.raises(ValueError) as info:
+        cli_main(_fit_args(run_dir, "error"))
+    message = str(info.value)
+    assert "no model was loaded" in message and "data.image_folder=" in message
+    assert all(f"images/{name} ({expected[name]}" in message for name in BAD_NAMES), message
+    # at run time (a file the up-front sample did not see): the first in training order
+    monkeypatch.setattr("lightning_aug_dpo.cli.run_problems", lambda config: [])
     with pytest.raises(ValueError) as info:
         cli_main(_fit_args(run_dir, "error"))
     message = str(info.value)

@@ -99,16 +99,21 @@ def test_before_and_after_with_a_zero_learning_rate_are_equal(world: Path, tmp_p
         "--trainer.logger.init_args.save_dir", str(run),
         "--trainer.callbacks", json.dumps([callback]),
     ])  # fmt: skip
-    assert isinstance(cli.trainer.callbacks[0], ToyWorldCallback)
+    assert any(isinstance(c, ToyWorldCallback) for c in cli.trainer.callbacks)
     root = Path(cli.trainer.log_dir) / "eval" / "toy"
     rows = json.loads((root / "before_after.json").read_text())
-    assert set(rows) == {"before", "after"}
-    assert rows["before"]["toy/coverage"] > 0.3
+    assert rows["unit"] == "percent" and rows["descriptions"] == 6 and rows["probes"] == 36
+    assert rows["before"]["toy/coverage"] > 30.0  # percent, not a fraction
     assert rows["after"] == pytest.approx(rows["before"], abs=0)
+    assert set(rows["change"].values()) == {0.0} and set(rows["verdict"].values()) == {"same"}
+    # 6 images x 3 samplings x (one yes, one no): answering yes scores F1 2/3, accuracy 1/2
+    assert rows["baselines"]["always yes"]["toy/pope/mean/f1"] == pytest.approx(66.6667)
+    assert rows["baselines"]["always yes"]["toy/pope/mean/accuracy"] == 50.0
     assert (root / "before" / "answers.jsonl").read_text() == (
         root / "epoch=0" / "answers.jsonl"
     ).read_text()
-    assert "before" in (root / "before_after.md").read_text()
+    table = (root / "before_after.md").read_text()
+    assert "before" in table and "always yes" in table and "verdict" in table
 
 
 def test_experiment_aggregates_mean_and_population_std() -> None:

@@ -100,6 +100,12 @@ class AugPairDataModule(PairMakingMixin, BadImageTracker, pl.LightningDataModule
             large) or a malformed prompt row does: ``error`` stops with the file, the row and
             the reason; ``skip`` drops it, warns once per file or row, and logs a summary of
             the epoch's skipped images at its end (a batch left empty makes no optimizer step).
+        max_bad_fraction: with ``on_bad_image: skip``, the share of unusable images an epoch
+            may hold (judged after 32 images, and over the whole epoch); above it the run stops
+            naming each reason's count, and writes no adapter. 0.1 tolerates the few files a
+            large download loses (OCR-VQA's image links are known to rot) and stops a wrong
+            ``image_folder`` (100% missing) within the first batches. ``null``: never stop. An
+            epoch that keeps no pair at all always stops the run.
         max_image_pixels: images whose header declares more pixels are rejected without being
             decoded (decompression bombs); ``null``: only PIL's own limit.
         allow_outside_paths: accept image paths in data files that leave ``image_folder``
@@ -131,6 +137,7 @@ class AugPairDataModule(PairMakingMixin, BadImageTracker, pl.LightningDataModule
         drop_identical: bool = True,
         filters: list[PairFilter] | None = None,
         on_bad_image: Literal["skip", "error"] = "error",
+        max_bad_fraction: float | None = 0.1,
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
         allow_outside_paths: bool = False,
         on_bad_pair: Literal["skip", "error"] = "skip",

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lightning_aug_dpo.errors import UserInputError
+
 # PIL's own default (``Image.MAX_IMAGE_PIXELS``, ~ 9459 x 9459): far above any VQA image, far
 # below what would exhaust a DataLoader worker's memory.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -40,7 +42,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
-class BadImageError(ValueError):
+class BadImageError(UserInputError):
     """An image file that cannot be used; ``reason`` is short, ``str()`` also names the file."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -229,6 +229,7 @@ class PairMakingMixin:
     ) -> dict[str, Any]:
         """``PreferenceBatch.meta``: statistics, written rows, the strength used, the count of
         skipped images and the ids of the prompts the batch covered (done, even if filtered)."""
+        self._tally_batch(stats, skipped)
         return {
             "stats": stats,
             "rows": rows,
