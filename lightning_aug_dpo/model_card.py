@@ -177,5 +177,39 @@ def model_card(module: Any, kind: str, run_folder: Path | None = None) -> str:
         + ' --image IMAGE "Describe the image in detail."',
         "```",
         "",
+        "or with plain transformers" + (" and peft:" if kind == "adapter" else ":"),
+        "",
+        "```python",
+        *usage_snippet(kind),
+        "```",
+        "",
     ]
     return "\n".join(lines)
+
+
+def usage_snippet(kind: str) -> list[str]:
+    """Loading the export without this library (the processor's chat template formats)."""
+    load = (
+        [
+            "from peft import PeftConfig, PeftModel",
+            "base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path",
+            "model = AutoModelForImageTextToText.from_pretrained(base_path)",
+            "model = PeftModel.from_pretrained(model, folder)",
+        ]
+        if kind == "adapter"
+        else ["base_path = folder", "model = AutoModelForImageTextToText.from_pretrained(folder)"]
+    )
+    return [
+        "from PIL import Image",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        'folder = "THIS_FOLDER"',
+        *load,
+        "processor = AutoProcessor.from_pretrained(base_path)",
+        'messages = [{"role": "user", "content": [{"type": "image"},',
+        '             {"type": "text", "text": "Describe the image in detail."}]}]',
+        "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
+        'inputs = processor(images=Image.open("IMAGE"), text=prompt, return_tensors="pt")',
+        "out = model.generate(**inputs, max_new_tokens=256, do_sample=False)",
+        'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+    ]
