@@ -174,14 +174,21 @@ def upgrade(pytest_args: list[str], keep: Path | None) -> int:
         print("\n".join(moved))
         if not moved:
             return 0
-        if not run_suite(python, pytest_args):
-            print(f"The suite failed on these versions: {LOCK.name} is unchanged.")
-            return 1
         version = subprocess.run(
             [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
             check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
+        before = LOCK.read_text()
+        # the candidate is in place while the suite runs: its own tests read the lock file
         LOCK.write_text(render(new, version, datetime.date.today().isoformat()))
+        try:
+            passed = run_suite(python, pytest_args)
+        finally:
+            if not locals().get("passed"):  # failed or interrupted: the old lock back
+                LOCK.write_text(before)
+        if not passed:
+            print(f"The suite failed on these versions: {LOCK.name} is unchanged.")
+            return 1
         print(f"The suite passed: {LOCK.name} rewritten ({len(new)} packages).")
         return 0
 
