@@ -181,10 +181,11 @@ def upgrade(pytest_args: list[str], keep: Path | None) -> int:
         before = LOCK.read_text()
         # the candidate is in place while the suite runs: its own tests read the lock file
         LOCK.write_text(render(new, version, datetime.date.today().isoformat()))
+        passed = False
         try:
             passed = run_suite(python, pytest_args)
         finally:
-            if not locals().get("passed"):  # failed or interrupted: the old lock back
+            if not passed:  # failed or interrupted: the old lock back
                 LOCK.write_text(before)
         if not passed:
             print(f"The suite failed on these versions: {LOCK.name} is unchanged.")
