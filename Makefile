@@ -12,7 +12,7 @@ LOCK := requirements-lock.txt
 CONSTRAINTS := -c $(LOCK)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint install clean gpu-wheels gpu-check lock test-lowest
+.PHONY: demo test test-all lint install clean gpu-wheels gpu-check lock test-lowest docs
 
 # One torch thread: on a busy 2-core machine two intra-op threads made a step ~25x slower.
 DEMO_THREADS ?= 1
@@ -27,12 +27,18 @@ test: $(VENV)/.installed-test
 test-all: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The documentation site (mkdocs.yml, docs/): served at http://127.0.0.1:8000 while you edit.
+# tests/test_docs.py builds it with --strict in `make test`.
+docs: $(VENV)/.installed
+	$(PIP) install -q $(CONSTRAINTS) -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lightning_aug_dpo tests benchmarks
 
 install: $(VENV)/.installed
 
-# GPU check (README "GPU check"). gpu-wheels: where pip reaches the index, the wheels the lent GPU
+# GPU check (docs/gpu-check.md). gpu-wheels: where pip reaches the index, the wheels a bare GPU
 # machine lacks (benchmarks/gpu_wheels.txt, CPython 3.12 x86-64) into .whl/ (git-ignored).
 # gpu-check: on the GPU machine; installs .whl/ into a site folder on PYTHONPATH, checks every
 # package first, then runs the stages (<= 8 min); GPU_CHECK_ARGS=--smoke is the CPU path.

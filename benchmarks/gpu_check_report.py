@@ -217,7 +217,7 @@ def figures(stages: dict[str, Stage], ctx: dict[str, Any]) -> dict[str, Any]:
     stage = stages.get("recipe_memory")
     if stage and stage.result and config is not None:
         out["recipe_memory"] = recipe_figures(stage.result, config, ctx["recipe"])
-    if config is not None:  # the plan at the recipe's own sizes (the README's table)
+    if config is not None:  # the plan at the recipe's own sizes (docs/running.md's table)
         recipe = ctx["recipe"]
         prompt = (config.get("image_seq_length") or 0) + 48  # 40 text tokens + the template
         out["memory_plan_recipe"] = memory_plan(

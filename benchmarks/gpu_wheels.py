@@ -1,4 +1,4 @@
-"""Download the wheels the lent GPU machine lacks into ``.whl/`` (``make gpu-wheels``).
+"""Download the wheels a bare GPU machine lacks into ``.whl/`` (``make gpu-wheels``).
 
     python3 benchmarks/gpu_wheels.py                 # benchmarks/gpu_wheels.txt -> .whl/
     python3 benchmarks/gpu_wheels.py --dest DIR --bnb-keep cpu cuda130 cuda132
@@ -9,8 +9,8 @@ the lock lacks is an error) for CPython 3.12 on manylinux x86-64 (``--no-deps``:
 already names the dependencies the machine lacks), removes other versions of those packages
 from the folder (two versions of one package stop ``pip install``), and slims bitsandbytes'
 wheel to the native libraries named by ``--bnb-keep`` (its CPU one and CUDA 13.x's by default,
-for the machine's torch 2.11+cu130; the full wheel is 43 MB of the 64 MiB a device call may
-carry). Nothing else is changed: the slimmed wheel keeps its name, and its RECORD lists exactly
+for a torch 2.11+cu130 machine; the full wheel is 43 MB, most of it for CUDA versions that
+machine does not use). Nothing else is changed: the slimmed wheel keeps its name, and its RECORD lists exactly
 the files left.
 
 Then, on the GPU machine, ``python3 benchmarks/gpu_check.py`` (``make gpu-check``) installs the
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(p.stat().st_size for p in wheels)
     print(f"{len(wheels)} wheels, {total / 2**20:.1f} MiB in {args.dest}")
     if total > 48 * 2**20:
-        print("warning: over 48 MiB; a device call carries 64 MiB in all", file=sys.stderr)
+        print("warning: over 48 MiB of wheels to copy to the GPU machine", file=sys.stderr)
     return 0
 
 

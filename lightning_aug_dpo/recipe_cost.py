@@ -23,8 +23,8 @@ tokens, ``L_d`` = decode steps of one ``generate`` call):
 Steps: ``ceil(ceil(prompts / devices) / B)`` micro-batches per epoch and device,
 ``ceil(that / accumulate_grad_batches)`` optimizer steps per epoch. GPU-hours sum over devices.
 Disk: a ``.ckpt`` holds only the trainable tensors (fp32) and the optimizer's fp32 states, so
-``P x 4 x (1 + states)`` bytes (AdamW: 12 B/param); a PEFT adapter ``4P`` (fp32, as trained) or
-``2P`` if cast to bf16.
+``P x 4 x (1 + states)`` bytes (AdamW: 12 B/param), so a resume is exact; a PEFT adapter export
+is written in the model's ``torch_dtype``: ``2P`` in bf16, ``4P`` in fp32.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ def disk_plan(recipe: Recipe, config: dict[str, Any]) -> dict[str, Any]:
     end of ``fit`` and ``merged/`` (``torch_dtype``) with ``export_merged``."""
     p = trainable_parameters(config, recipe.model_args)["total"]
     ckpt = 4 * p * (1 + recipe.optimizer_states)
-    adapter = 4 * p
     dtype = 4 if recipe.model_args.get("torch_dtype", "float32") == "float32" else 2
+    adapter = dtype * p  # exports are cast to torch_dtype (model_card.finish_adapter_folder)
     merged = total_parameters(config) * dtype if recipe.export_merged else 0
     steps = schedule(recipe)["optimizer_steps"]
     files = [checkpoint_files(c, steps, recipe.epochs) for c in recipe.checkpoints]
@@ -200,8 +200,9 @@ def disk_plan(recipe: Recipe, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "trainable_parameters": p,
         "ckpt_bytes": ckpt,
-        "adapter_fp32_bytes": adapter,
-        "adapter_bf16_bytes": 2 * p,
+        "adapter_bytes": adapter,
+        "adapter_dtype": recipe.model_args.get("torch_dtype", "float32"),
+        "adapter_fp32_bytes": 4 * p,
         "merged_bytes": merged,
         "checkpoints_kept": kept,
         "checkpoint_adapters_kept": adapters,

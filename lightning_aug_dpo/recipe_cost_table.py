@@ -131,8 +131,8 @@ def _disk_rows(plan: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "per adapter export",
-            f"{size(d['adapter_fp32_bytes'])} fp32 as trained "
-            f"(bf16 would be {size(d['adapter_bf16_bytes'])})",
+            f"{size(d['adapter_bytes'])} in {d['adapter_dtype']}, the model's torch_dtype "
+            f"(float32: {size(d['adapter_fp32_bytes'])})",
         ),
         (
             "kept at the end",

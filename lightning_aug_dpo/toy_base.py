@@ -68,7 +68,7 @@ def build(work: Path, out: Path) -> Path:
 
     from lightning_aug_dpo.cli import cli_main
 
-    torch.set_num_threads(1)  # determinism and speed on a busy 2-core machine (DESIGN.md)
+    torch.set_num_threads(1)  # determinism, and speed on a busy 2-core machine
     paths = prepare(work)
     runs = work / "runs"
     cli_main([

@@ -153,13 +153,14 @@ def test_bound_scenario_and_disk_by_hand(tiny: Path) -> None:
     assert (bound["answer_tokens"], bound["decode_steps"], bound["kept_fraction"]) == (8, 8, 1)
     assert bound["flops_total"]["train"] == 15 * 6 * 48 * (N + P)
     assert plan["typical"]["answer_tokens"] == 3
-    # .ckpt: fp32 weights + AdamW's two fp32 states = 12 B/param; adapter 4 (fp32) or 2 (bf16)
+    # .ckpt: fp32 weights + AdamW's two fp32 states = 12 B/param; adapter exports in torch_dtype
     disk = disk_plan(recipe, config)
-    assert (disk["ckpt_bytes"], disk["adapter_fp32_bytes"], disk["adapter_bf16_bytes"]) == (
-        12 * P, 4 * P, 2 * P,
+    assert (disk["ckpt_bytes"], disk["adapter_bytes"], disk["adapter_fp32_bytes"]) == (
+        12 * P, 2 * P, 4 * P,
     )  # fmt: skip
+    assert disk["adapter_dtype"] == "bfloat16"
     # 9 steps, every 2: 4 checkpoints kept (save_top_k -1), each with its adapter, + adapter/
-    assert disk["checkpoints_kept"] == 4 and disk["total_bytes"] == 4 * 12 * P + 5 * 4 * P
+    assert disk["checkpoints_kept"] == 4 and disk["total_bytes"] == 4 * 12 * P + 5 * 2 * P
     # merged/ in bf16: every weight of the model (N, embeddings + head, 5 norms, vision, projector)
     vision = 3 * 14 * 14 * 32 + 32 + 5 * 32 + 4 * 32 + (4 * 1056 + 2112 + 2080 + 128)
     merged = _tiny(tiny, export_merged=True)[0]
@@ -177,9 +178,10 @@ def test_the_7b_recipe_by_hand() -> None:
     # 16,000 prompts / batch 16 = 1,000 micro-batches, / 8 accumulated = 125 steps, x 2 epochs
     assert plan["schedule"]["optimizer_steps"] == 250
     assert plan["disk"]["ckpt_bytes"] == 12 * p == 30_954_061_824  # ~31 GB per .ckpt
-    assert plan["disk"]["adapter_fp32_bytes"] == 4 * p == 10_318_020_608  # ~10 GB per adapter
+    assert plan["disk"]["adapter_fp32_bytes"] == 4 * p == 10_318_020_608  # ~10 GB in fp32
+    assert plan["disk"]["adapter_bytes"] == 2 * p  # exported in bf16, the recipe's torch_dtype
     # 250 steps, a checkpoint every 200: one .ckpt + its adapter, and adapter/ at the end
-    assert plan["disk"]["total_bytes"] == 12 * p + 2 * 4 * p
+    assert plan["disk"]["total_bytes"] == 12 * p + 2 * 2 * p
     typical = plan["typical"]  # 624-token prompts, answers 32, 128 decode steps, 32 rows
     achieved = 989.4e12 * 0.35
     train_s = 6 * 16 * (624 + 64) * (n + p) / achieved
@@ -222,7 +224,7 @@ def test_command_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     assert "ESTIMATED cost of" in out and "no GPU measured these" in out
     assert "16,000 (SeVa's 16,000; data/seva_prompts_16k.jsonl not found)" in out
     assert "125 per epoch x 2 epochs, batch 16 on each of 8 device(s)" in out
-    assert "31.0 GB (28.8 GiB)" in out and "10.3 GB (9.6 GiB) fp32" in out
+    assert "31.0 GB (28.8 GiB)" in out and "5.2 GB (4.8 GiB) in bfloat16" in out
     assert "MFU 0.3 (ASSUMED)" in out and "wrote cost.json" in out
     plan = json.loads((tmp_path / "cost.json").read_text())
     assert plan["assumptions"]["mfu"] == 0.3 and plan["recipe"]["devices"] == 8

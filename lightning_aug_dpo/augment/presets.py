@@ -1,10 +1,10 @@
 """SeVa's augmentation family as named presets with one ``strength`` knob.
 
 Every preset maps ``strength`` in [0, 1] to its parameters through the magnitude ``m = 2 *
-strength``: **strength 0.5 is the setting SeVa published** (SEVA.md), 0 is (nearly) the identity
-and 1 doubles the corruption (clamped to what the transform allows). For all-or-nothing transforms
-(flip, grayscale, invert, equalize, autocontrast, AutoAugment) ``m`` is the probability of
-applying, capped at 1, so SeVa's "always" is strength >= 0.5.
+strength``: **strength 0.5 is the setting SeVa published** (docs/method.md), 0 is (nearly) the
+identity and 1 doubles the corruption (clamped to what the transform allows). For all-or-nothing
+transforms (flip, grayscale, invert, equalize, autocontrast, AutoAugment) ``m`` is the
+probability of applying, capped at 1, so SeVa's "always" is strength >= 0.5.
 
 SeVa applied torchvision transforms to the PIL image before the CLIP processor; here they run on
 the model-sized square, on the device. Sizes given in pixels by SeVa are converted with the size

@@ -19,7 +19,7 @@ of 4-bit: windowed attention (``window_size`` 112 px, full attention in
 ``fullatt_block_indexes``), RMSNorm and a SwiGLU MLP whose Linear layers are called
 ``gate_proj``/``up_proj``/``down_proj``, the language model's LoRA target names. The inherited
 :meth:`lora_target_regex` scopes LoRA to ``model.language_model``, so these stay untouched
-(tested). From LLaVA-1.5 it differs as Qwen2-VL does (README, "Shipped families").
+(tested). From LLaVA-1.5 it differs as Qwen2-VL does (docs/families.md).
 
 With ``reuse_image_features`` (the default) the frozen vision blocks run once per DPO step and
 the merger in every forward (``models/qwen_image_reuse.py``); the tower's window reordering

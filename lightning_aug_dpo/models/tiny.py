@@ -62,7 +62,7 @@ def _opt(default: int, help: str) -> Any:
 class TinyLlavaSpec:
     """Sizes of the tiny model. Defaults keep a CPU forward under a few milliseconds.
 
-    Keep Linear dimensions multiples of 64 (bitsandbytes' CPU 4-bit kernels, see DESIGN.md).
+    Keep Linear dimensions multiples of 64 (bitsandbytes' CPU 4-bit kernels).
     """
 
     vocab_size: int = _opt(512, "tokenizer entries; a multiple of 64 (lm_head rule)")

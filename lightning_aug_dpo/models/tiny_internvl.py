@@ -19,7 +19,7 @@ downloading anything:
   builds InternVL's video processor, which needs it; this project never does).
 
 Every Linear layer has dimensions that are multiples of 64 in and 32 out, for bitsandbytes' CPU
-4-bit kernels (see DESIGN.md).
+4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_internvl OUT_DIR [--hidden-size 128 ...]``
 (one option per :class:`TinyInternVLSpec` field; ``--help`` lists them).

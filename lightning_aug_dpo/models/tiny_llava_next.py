@@ -16,7 +16,7 @@ template, anyres tiles, the learned ``image_newline``) without downloading anyth
   a finished assistant turn renders as the text ``<\\s>``, not the EOS token).
 
 Every Linear layer has dimensions that are multiples of 64 in and 32 out, for bitsandbytes' CPU
-4-bit kernels (see DESIGN.md).
+4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_llava_next OUT_DIR [--hidden-size 128 ...]``
 (one option per :class:`TinyLlavaNextSpec` field; ``--help`` lists them).

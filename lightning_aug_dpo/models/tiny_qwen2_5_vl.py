@@ -16,7 +16,7 @@ over Qwen2-VL, and the tiny model keeps so that it is exercised:
 The tokenizer (a byte-level BPE trained offline, wrapped in ``Qwen2Tokenizer``), the special
 tokens and the chat template are Qwen2-VL's, as on the hub (the Qwen2.5-VL-Instruct template is
 Qwen2-VL-Instruct's). Every Linear layer has dimensions that are multiples of 64 in and 32 out,
-for bitsandbytes' CPU 4-bit kernels (see DESIGN.md).
+for bitsandbytes' CPU 4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_5_vl OUT_DIR [--hidden-size 128 ...]``
 (one option per :class:`TinyQwen2_5_VLSpec` field; ``--help`` lists them).

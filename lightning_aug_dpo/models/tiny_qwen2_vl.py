@@ -17,7 +17,7 @@ config, M-RoPE) without downloading anything:
   that needs torchvision; this module never needs it).
 
 Every Linear layer has dimensions that are multiples of 64 in and 32 out, for bitsandbytes' CPU
-4-bit kernels (see DESIGN.md).
+4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_qwen2_vl OUT_DIR [--hidden-size 128 ...]``
 (one option per :class:`TinyQwen2VLSpec` field; ``--help`` lists them).

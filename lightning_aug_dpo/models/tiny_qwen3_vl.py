@@ -16,7 +16,7 @@ DeepStack) without downloading anything. What Qwen3-VL changes, and the tiny mod
 
 The tokenizer is the Qwen2 byte-level BPE of ``tiny_qwen2_vl`` (trained offline, the same
 special tokens at the start of the vocabulary). Every Linear layer has dimensions that are
-multiples of 64 in and 32 out, for bitsandbytes' CPU 4-bit kernels (see DESIGN.md).
+multiples of 64 in and 32 out, for bitsandbytes' CPU 4-bit kernels.
 
 Usage: ``python -m lightning_aug_dpo.models.tiny_qwen3_vl OUT_DIR [--hidden-size 128 ...]``
 (one option per :class:`TinyQwen3VLSpec` field; ``--help`` lists them).

@@ -1,5 +1,6 @@
-"""The README's Reliability table and this folder agree: every row names tests that exist here,
-and every test file here is named by a row (so a guarantee cannot lose its test unnoticed)."""
+"""The documentation's reliability table (docs/reliability.md) and this folder agree: every row
+names tests that exist, and every test file here is named by a row (so a guarantee cannot lose its
+test unnoticed). A reference is relative to this folder (``../test_x.py`` for the suite's own)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parents[1] / "README.md"
+PAGE = HERE.parents[1] / "docs" / "reliability.md"
+SECTION = "## Guarantees and their tests"
 
 
 def table_rows() -> list[tuple[str, str]]:
-    """``(guarantee, test cell)`` of each row of the table under ``## Reliability``."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Reliability", 1)[1].split("\n## ", 1)[0]
+    """``(guarantee, test cell)`` of each row of the table under :data:`SECTION`."""
+    text = PAGE.read_text(encoding="utf-8")
+    assert SECTION in text, f"{PAGE} has no {SECTION!r} section"
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
@@ -51,4 +54,4 @@ def test_every_row_names_an_existing_test() -> None:
 def test_every_reliability_test_file_is_in_the_table() -> None:
     named = {file for _, cell in table_rows() for file, _ in named_tests(cell)}
     files = {p.name for p in HERE.glob("test_*.py")} - {Path(__file__).name}
-    assert files <= named, f"not in the README's Reliability table: {sorted(files - named)}"
+    assert files <= named, f"not in the table of {PAGE.name}: {sorted(files - named)}"
