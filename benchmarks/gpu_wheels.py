@@ -10,8 +10,8 @@ already names the dependencies the machine lacks), removes other versions of tho
 from the folder (two versions of one package stop ``pip install``), and slims bitsandbytes'
 wheel to the native libraries named by ``--bnb-keep`` (its CPU one and CUDA 13.x's by default,
 for a torch 2.11+cu130 machine; the full wheel is 43 MB, most of it for CUDA versions that
-machine does not use). Nothing else is changed: the slimmed wheel keeps its name, and its RECORD lists exactly
-the files left.
+machine does not use). Nothing else is changed: the slimmed wheel keeps its name, and its
+RECORD lists exactly the files left.
 
 Then, on the GPU machine, ``python3 benchmarks/gpu_check.py`` (``make gpu-check``) installs the
 folder with ``pip install --no-index --no-deps --target`` into a site directory and puts it on

@@ -207,10 +207,19 @@ def test(out: Path, world: Path, workers: int, chosen: dict[str, float]) -> dict
 
 def audit(out: Path, world: Path, workers: int) -> dict:
     """What each augmentation does to the answers: one ``predict`` pass over the pool per
-    augmentation (identical pairs kept), both answers scored against the pool's scene records.
-    Labels are used here for analysis only; training never sees them."""
-    from lightning_aug_dpo.data.toy_world import DESCRIBE_PROMPTS, ToyScene
-    from lightning_aug_dpo.eval.toy_world import score_answer
+    augmentation (identical pairs kept), audited by the library's pair audit
+    (:func:`lightning_aug_dpo.audit.audit_pairs`) with the pool's scene records, so both answers
+    are scored exactly. Labels are used here for analysis only; training never sees them.
+    ``OUT/audit.json`` keeps each augmentation's exact-quality statistics and examples
+    (:data:`~lightning_aug_dpo.audit_truth.TOY_AUDIT_KEYS`); each folder gets the full report
+    (``audit.json``, ``audit.md``: lengths, words, openings, verdicts)."""
+    from lightning_aug_dpo.atomic import write_json, write_text
+    from lightning_aug_dpo.audit import audit_pairs
+    from lightning_aug_dpo.audit_format import format_markdown
+    from lightning_aug_dpo.audit_truth import TOY_AUDIT_KEYS, load_scenes
+    from lightning_aug_dpo.data.pairs import load_pairs
+
+    scenes = load_scenes(world / "scenes.json")
 
     def one(item: tuple[str, list[str]]) -> tuple[str, dict]:
         name, args = item
@@ -228,59 +237,21 @@ def audit(out: Path, world: Path, workers: int) -> dict:
                 subprocess.run(
                     cmd, check=True, cwd=folder, env=thread_env(), stdout=log, stderr=log
                 )
-        scenes = json.loads((world / "scenes.json").read_text())
-        rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-        stats: dict[str, float] = {"pairs": len(rows)}
-        kinds = {"description": [], "question": []}
-        for row in rows:
-            kind = "description" if row["prompt"] in DESCRIBE_PROMPTS else "question"
-            kinds[kind].append(row["chosen"] == row["rejected"])
-        for kind, same in kinds.items():
-            stats[f"identical_rate/{kind}"] = sum(same) / len(same) if same else 0.0
-        differing = [r for r in rows if r["chosen"] != r["rejected"]]
-        sums = {
-            "chosen_hall": 0,
-            "rejected_hall": 0,
-            "chosen_named": 0,
-            "rejected_named": 0,
-            "more": 0,
-            "fewer": 0,
-            "chosen_better": 0,
-            "rejected_better": 0,
-            "words": 0,
-        }
-        examples = []
-        for row in differing:
-            scene = ToyScene.from_record(scenes[row["image"]])
-            c, r = score_answer(row["chosen"], scene), score_answer(row["rejected"], scene)
-            sums["chosen_hall"] += len(c["hallucinated"])
-            sums["rejected_hall"] += len(r["hallucinated"])
-            sums["chosen_named"] += len(c["mentioned"])
-            sums["rejected_named"] += len(r["mentioned"])
-            sums["more"] += len(r["mentioned"]) > len(c["mentioned"])
-            sums["fewer"] += len(r["mentioned"]) < len(c["mentioned"])
-            sums["chosen_better"] += len(c["hallucinated"]) < len(r["hallucinated"])
-            sums["rejected_better"] += len(c["hallucinated"]) > len(r["hallucinated"])
-            sums["words"] += len(row["rejected"].split()) - len(row["chosen"].split())
-            if len(examples) < 3:
-                examples.append({"image": row["image"], "objects": [o.name for o in scene.objects],
-                                 "prompt": row["prompt"], "chosen": row["chosen"],
-                                 "rejected": row["rejected"]})  # fmt: skip
-        n = max(len(differing), 1)
-        stats.update({
-            "chosen_chair_i": sums["chosen_hall"] / max(sums["chosen_named"], 1),
-            "rejected_chair_i": sums["rejected_hall"] / max(sums["rejected_named"], 1),
-            "rejected_names_more": sums["more"] / n, "rejected_names_fewer": sums["fewer"] / n,
-            "chosen_fewer_hallucinations": sums["chosen_better"] / n,
-            "rejected_fewer_hallucinations": sums["rejected_better"] / n,
-            "rejected_minus_chosen_words": sums["words"] / n,
-        })  # fmt: skip
-        return name, {"stats": stats, "examples": examples}
+        report = audit_pairs(load_pairs(pairs).pairs, scenes=scenes)
+        write_json(folder / "audit.json", report)
+        write_text(folder / "audit.md", format_markdown(report, f"{name}, {pairs}"))
+        truth = report["truth"]
+        stats = {key: truth["stats"][key] for key in TOY_AUDIT_KEYS}
+        return name, {"stats": stats, "examples": truth["examples"],
+                      "verdicts": report["verdicts"]}  # fmt: skip
 
     with ThreadPoolExecutor(workers) as pool:
         result = dict(pool.map(one, AUGMENTATIONS.items()))
     (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_audit(result))
+    for name, entry in result.items():  # which shortcut each augmentation's pairs carry
+        for line in entry.get("verdicts", []):
+            print(f"{name}: {line}")
     return result
 
 

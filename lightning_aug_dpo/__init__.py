@@ -23,10 +23,12 @@ __getattr__, __dir__, __all__ = attach(
             "Preset",
             "replay",
         ],
+        "audit": ["audit_pairs"],
         "callbacks": [
             "AdapterCheckpoint",
             "LLaVABenchCallback",
             "MMVetCallback",
+            "PairAuditCallback",
             "PairGalleryCallback",
             "PairsWriter",
             "POPECallback",

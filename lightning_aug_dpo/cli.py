@@ -6,6 +6,7 @@
     lightning-aug-dpo predict --config configs/demo.yaml   # offline pairs (PairsWriter)
     lightning-aug-dpo preview --preset moco --images a.jpg b.png   # a preset's augmentations
     lightning-aug-dpo generate --model M [--adapter A] --image I "question"   # answer it
+    lightning-aug-dpo --version   # this library's version and those of torch, transformers, ...
 
 ``model`` and ``data`` take a ``class_path``, so a new VLM or prompt source is a subclass named in
 YAML: no registry.
@@ -21,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import lightning_aug_dpo
 from lightning_aug_dpo.checkpoint_io import explain_load_errors, use_atomic_checkpoints
+from lightning_aug_dpo.cli_help import (
+    ROOT_DESCRIPTION,
+    HelpFormatter,
+    tidy_subcommand_help,
+    version_text,
+)
+from lightning_aug_dpo.cli_noise import install_noise_filters, without_flops_summary
+from lightning_aug_dpo.cli_parser import AugDPOArgumentParser
 from lightning_aug_dpo.errors import UserInputError
 from lightning_aug_dpo.module import AugDPOModule
 from lightning_aug_dpo.preflight import run_problems
@@ -45,7 +54,16 @@ class AugDPOCLI(LightningCLI):
     Before any class is built, the whole configuration is checked (:mod:`.preflight`); the
     problems it finds, with those the constructors raise, stop the run together as one
     :class:`ConfigError`. A run that fails before its first optimizer step removes the run
-    folder it created, so a failed attempt leaves nothing behind."""
+    folder it created, so a failed attempt leaves nothing behind.
+
+    Each subcommand's ``--help`` lists this project's options before the Trainer's
+    (:mod:`.cli_help`); the model summary leaves out FLOPs, which it cannot count here
+    (:mod:`.cli_noise`)."""
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subparser in self._subcommand_parsers.items():
+            tidy_subcommand_help(subparser, name, self._subcommand_method_arguments[name])
 
     def before_instantiate_classes(self) -> None:
         # Only before a run: run=False parses and builds for inspection (configs of machines
@@ -65,6 +83,7 @@ class AugDPOCLI(LightningCLI):
             raise ConfigError(self.problems)
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
+        without_flops_summary(trainer)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -126,12 +145,15 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AugDPOCLI:
     """
     # Tokenizers' thread pool forks badly into DataLoader workers; rollouts tokenise on device.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    install_noise_filters()  # before the Trainer, the model and bitsandbytes print anything
     return AugDPOCLI(
         AugDPOModule,
         LightningDataModule,  # AugPairDataModule (DPO) or SFTDataModule, by class_path
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=AugDPOArgumentParser,
+        parser_kwargs={"description": ROOT_DESCRIPTION, "formatter_class": HelpFormatter},
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -188,6 +210,10 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point (``args=None`` reads ``sys.argv``). A user-input error (a
     config value, a data file, an image) prints its message and exits 2, without a traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in ("--version", "-V"):
+        print(version_text())
+        return
+    install_noise_filters()  # generate and preview load models too
     try:
         # LightningCLI's subcommands are fixed (fit, validate, ...): route ours before it parses.
         if argv and argv[0] == "preview":
@@ -197,6 +223,11 @@ def main(args: list[str] | None = None) -> None:
             from lightning_aug_dpo.answer import generate_main
 
             generate_main(argv[1:])
+            return
+        if argv and argv[0] == "audit":  # lightning-aug-dpo audit PAIRS (see audit_cli.py)
+            from lightning_aug_dpo.audit_cli import audit_main
+
+            audit_main(argv[1:])
             return
         cli_main(args)
     except UserInputError as err:

@@ -224,7 +224,8 @@ def memory_plan(
     response_tokens: int,
     rollout_tokens: int,
 ) -> dict[str, Any]:
-    """Bytes one GPU holds for a LoRA DPO recipe (docs/running.md, "Memory on one 80 GB GPU"), by component.
+    """Bytes one GPU holds for a LoRA DPO recipe, by component (docs/running.md, "Memory on
+    one 80 GB GPU").
 
     ``prompt_tokens`` includes the image tokens. Base: decoder Linears in NF4 (4-bit codes +
     8-bit absmax per 64 + fp32 per 256 absmax with double quantisation = 0.516 B/param) or

@@ -128,6 +128,10 @@ def test_fit_runs_end_to_end_on_the_demo_config(demo_cwd: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "run summary" in printed
     assert "prompts (distinct)" in printed and "prompt visits (all epochs)" in printed
+    # the progress bar's last frame comes before the summary, not under it; no FLOPs column
+    # (always 0 for a module without example_input_array)
+    assert printed.rindex("Epoch 1/1") < printed.index("run summary")
+    assert "Total params" in printed and "FLOPs" not in printed
 
 
 def test_predict_writes_a_pairs_file(demo_cwd: Path, demo_assets) -> None:

@@ -16,13 +16,31 @@ or give the Kornia class itself as ``class_path`` (it is wrapped; records then n
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from kornia.augmentation.container.params import ParamItem
 from torch import nn
 
 from lightning_aug_dpo.augment.base import Augmentation
+
+
+class KorniaTransform(Protocol):
+    """Any Kornia augmentation (``kornia.augmentation.RandomGaussianBlur``, ...) by
+    ``class_path``: a module whose ``forward_parameters(batch_shape)`` samples its parameters.
+
+    The type ``AugPairDataModule.augmentation`` accepts a Kornia class by: typed as
+    ``torch.nn.Module`` its help listed every ``torch.nn`` class (890 lines), typed as Kornia's
+    base class still ~60. A protocol is matched by what a class can do, not by its bases, so the
+    parser accepts every Kornia augmentation (and ``AugmentationSequential``) and lists none.
+    ``forward_parameters`` (sampling apart from applying) is what this wrapper relies on for
+    seeded, replayable records.
+    """
+
+    # positional-only and ``Any``: the parser compares a class's signature with the protocol's,
+    # and Kornia's names and annotations differ across classes and versions
+    def forward_parameters(self, batch_shape: Any, /) -> Any:
+        """The augmentation's parameters for a batch of ``batch_shape``."""
 
 
 def import_object(path: str) -> Any:

@@ -8,7 +8,10 @@ listed there are not rolled out again, including those whose pairs were all filt
 
 At the end the writer prints a summary and writes it to ``P.summary.json``: the prompts rolled
 out by this run and those resumed, candidate pairs, pairs kept, identical answers, pairs dropped
-per filter reason, rollout throughput, and the rows the file holds.
+per filter reason, rollout throughput, and the rows the file holds. Then the pair audit
+(:mod:`lightning_aug_dpo.audit`) reads the whole file: its headline and verdict lines ("DPO can
+satisfy 78% of these pairs by preferring the shorter answer") join the summary under ``audit``,
+and the full report goes to ``P.audit.json`` and ``P.audit.md``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_aug_dpo.atomic import write_json, write_lines
+from lightning_aug_dpo.atomic import write_json, write_lines, write_text
+from lightning_aug_dpo.audit import audit_pairs
+from lightning_aug_dpo.audit_format import format_markdown, summary_of
+from lightning_aug_dpo.audit_truth import find_scenes, load_scenes
 from lightning_aug_dpo.callbacks.summary import pair_statistics, print_summary
+from lightning_aug_dpo.data.pairs import load_pairs
 from lightning_aug_dpo.data.rollouts import prompt_id_of
 from lightning_aug_dpo.types import PairStats
 
@@ -45,17 +52,31 @@ class PairsWriter(BasePredictionWriter):
     ``resume: false`` starts a fresh file.
 
     The pair statistics of the run (each batch's ``PairStats``, summed over ranks) end in a
-    console table and in ``P.summary.json`` beside the pairs file (see :func:`summary_path`).
+    console table and in ``P.summary.json`` beside the pairs file (see :func:`summary_path`),
+    with the pair audit of the whole file (``audit``; the report in ``P.audit.json`` / ``.md``).
+    Where the data's image folder has the toy world's ``scenes.json`` in or beside it, the audit
+    also scores both answers of each pair against the scenes.
 
     Args:
         output_path: the JSONL file.
         resume: continue an existing file instead of overwriting it.
+        audit: audit the pairs at the end (:func:`~lightning_aug_dpo.audit.audit_pairs`).
+        audit_threshold: a feature gets a verdict line from this accuracy up.
     """
 
-    def __init__(self, output_path: str, resume: bool = True) -> None:
+    def __init__(
+        self,
+        output_path: str,
+        resume: bool = True,
+        audit: bool = True,
+        audit_threshold: float = 0.65,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_path = Path(output_path)
         self.resume = resume
+        self.audit = audit
+        self.audit_threshold = audit_threshold
+        self.scenes: dict[str, Any] | None = None  # the toy world's scene records, if any
         self.resumed_prompts = 0  # prompts found done at the start of this run
         self.totals: Counter[str] = Counter()  # this rank's PairStats sums since setup
         self.last_summary: dict[str, object] | None = None  # rank 0, after predict
@@ -82,6 +103,10 @@ class PairsWriter(BasePredictionWriter):
                     done_path(path).unlink(missing_ok=True)
         self.totals = Counter()
         self.last_summary = None
+        if self.audit and trainer.is_global_zero:  # a bad scene file stops the run here, not late
+            hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None)
+            found = find_scenes(getattr(hparams, "image_folder", None))
+            self.scenes = load_scenes(found) if found else None
         trainer.strategy.barrier("pairs_writer_setup")
         done = read_done(self.output_path)
         self.resumed_prompts = len(done)
@@ -148,9 +173,34 @@ class PairsWriter(BasePredictionWriter):
 
     def _finish(self, totals: Counter[str]) -> None:
         self.last_summary = self.summary(totals)
+        report = self.audit_file() if self.audit else None
+        if report is not None:
+            self.last_summary["audit"] = summary_of(report)
         # atomic: a kill here leaves the previous summary whole
         write_json(summary_path(self.output_path), self.last_summary)
-        print_summary("lightning-aug-dpo: predict summary", self.last_summary)
+        shown, verdicts = dict(self.last_summary), []
+        if report is not None:  # the table shows the numbers, the verdicts follow as sentences
+            shown["audit"] = dict(shown["audit"])
+            verdicts = shown["audit"].pop("verdicts")
+        print_summary("lightning-aug-dpo: predict summary", shown)
+        for line in verdicts:
+            print(f"pair audit: {line}")
+
+    def audit_file(self) -> dict[str, Any] | None:
+        """Audit every pair of the file (resumed rows included) and write the report beside it
+        (``P.audit.json``, ``P.audit.md``); ``None`` when the file holds no pair."""
+        if not self.output_path.is_file():
+            return None
+        pairs = load_pairs(self.output_path, on_bad_row="skip").pairs
+        if not pairs:
+            return None
+        report = audit_pairs(pairs, scenes=self.scenes, threshold=self.audit_threshold)
+        report = {"pairs_path": str(self.output_path), **report}
+        write_json(audit_path(self.output_path), report)
+        write_text(
+            audit_path(self.output_path, ".md"), format_markdown(report, str(self.output_path))
+        )
+        return report
 
     def summary(self, totals: Counter[str]) -> dict[str, object]:
         """The run's pair statistics (``totals`` summed over ranks) and the file's size."""
@@ -178,6 +228,11 @@ def summary_path(path: Path) -> Path:
     """The predict summary beside a pairs file: ``pairs.jsonl`` -> ``pairs.jsonl.summary.json``
     (named after the file, so pairs files sharing a folder keep their own summaries)."""
     return path.with_name(path.name + ".summary.json")
+
+
+def audit_path(path: Path, suffix: str = ".json") -> Path:
+    """The pair audit beside a pairs file: ``pairs.jsonl`` -> ``pairs.jsonl.audit.json``."""
+    return path.with_name(f"{path.name}.audit{suffix}")
 
 
 def _complete_lines(path: Path) -> list[str]:

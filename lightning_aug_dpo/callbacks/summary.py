@@ -139,6 +139,14 @@ def starting_model_scores(trainer: pl.Trainer) -> dict[str, float]:
     return out
 
 
+def finish_progress_bar(trainer: pl.Trainer) -> None:
+    """Stop a live progress bar now: ``RichProgressBar`` stops at teardown, after
+    ``on_fit_end``, and its last frame would be printed under the summary table."""
+    stop = getattr(getattr(trainer, "progress_bar_callback", None), "_stop_progress", None)
+    if callable(stop):
+        stop()
+
+
 class RunSummary(Callback):
     """Prompts seen, pairs kept and dropped, final reward accuracy and benchmark scores: after
     training, and before it (``before``) where a callback scored the starting model.
@@ -186,6 +194,7 @@ class RunSummary(Callback):
         summary = self.summary(trainer, pl_module)
         if not trainer.is_global_zero:
             return
+        finish_progress_bar(trainer)
         # atomic: a run killed here leaves no half summary that reads as a finished run's
         write_json(run_dir(trainer) / "summary.json", summary)
         print_summary("lightning-aug-dpo: run summary", summary)

@@ -12,7 +12,11 @@ With ``before: true`` the starting model is evaluated too, before the first step
 (``eval/toy/before_after.md`` and ``.json``): what training changed, on held-out data, in
 percent, with the change of each metric, which way is better, whether the change is an
 improvement, and what answers that ignore the image score on the same split ("always yes" to
-every probe, "say nothing" in every description).
+every probe, "say nothing" in every description). With a
+:class:`~lightning_aug_dpo.callbacks.pair_audit.PairAuditCallback` in the run, two lines under
+the table say what the training pairs taught and how the answers moved along it (computed by
+:func:`shortcut_lines`: "the rejected answer names more objects in 59% of the differing training
+pairs ...; after training, objects named per description fell 2.08 -> 2.06").
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_aug_dpo.atomic import write_json, write_text
 from lightning_aug_dpo.callbacks.benchmark import BenchmarkCallback
+from lightning_aug_dpo.callbacks.pair_audit import PairAuditCallback
 from lightning_aug_dpo.eval.pipeline import finish_toy
 from lightning_aug_dpo.eval.toy_world import (
     ToyBenchmark,
@@ -41,6 +46,63 @@ from lightning_aug_dpo.runs import run_dir
 
 # What a description holds on average, beside the percentages: how much the model says.
 PER_ANSWER = {"objects named": "toy/mentions_per_answer", "words": "toy/words_per_answer"}
+# The pair audit's features that a held-out metric measures: (feature, label, metric).
+SHORTCUT_METRICS = (
+    ("objects named", "objects named per description", "toy/mentions_per_answer"),
+    ("length", "words", "toy/words_per_answer"),
+)
+UNMOVED = 0.005  # a relative change below 0.5% is no move
+
+
+def shortcut_lines(
+    report: Mapping[str, Any], before: Mapping[str, float], after: Mapping[str, float]
+) -> list[str]:
+    """What the training pairs taught (the pair audit's ``report``) and how the held-out answers
+    moved along it (``before`` / ``after``: the toy metrics), in two sentences."""
+    features = {k: f for k, f in report["features"].items() if f["accuracy"] is not None}
+    if not features:
+        return []
+    lengths, truth = report["lengths"], report.get("truth")
+    said = []
+    if truth:
+        st = truth["stats"]
+        said.append(
+            f"the rejected answer names more objects in {st['rejected_names_more']:.0%} of the "
+            f"{st['pairs_scored']:,} differing training pairs (fewer in "
+            f"{st['rejected_names_fewer']:.0%})"
+        )
+    said.append(
+        f"{'is' if truth else 'the rejected answer is'} longer in "
+        f"{lengths['rejected_longer']:.0%} (shorter in {lengths['rejected_shorter']:.0%})"
+    )
+    best = max(features, key=lambda k: features[k]["accuracy"])
+    first = (
+        f"What the pairs taught: {' and '.join(said)}; the rule that fits them best: "
+        f"{features[best]['rule']}, right on {features[best]['accuracy']:.0%} of them."
+    )
+    moves, along, rules = [], [], []
+    for feature, label, key in SHORTCUT_METRICS:
+        if feature not in features or key not in before or key not in after:
+            continue
+        b, a = float(before[key]), float(after[key])
+        change = (a - b) / b if b else 0.0
+        if abs(change) < UNMOVED:
+            moves.append(f"{label} stayed at {b:.2f}")
+            continue
+        moves.append(f"{label} {'fell' if a < b else 'rose'} {b:.2f} -> {a:.2f} ({change:+.1%})")
+        along.append((a < b) == (features[feature]["prefer"] == "lower"))
+        rules.append(f"{features[feature]['rule']}: {features[feature]['accuracy']:.0%}")
+    if not moves:
+        return [first]
+    if not along:
+        why = "the answers did not move along the pairs' shortcuts"
+    elif all(along):
+        why = f"the way the pairs' shortcuts point ({'; '.join(rules)})"
+    elif not any(along):
+        why = f"against the pairs' shortcuts ({'; '.join(rules)})"
+    else:
+        why = f"partly along the pairs' shortcuts ({'; '.join(rules)})"
+    return [first, f"After training (held-out): {', '.join(moves)}: {why}."]
 
 
 class ToyWorldCallback(BenchmarkCallback):
@@ -129,25 +191,31 @@ class ToyWorldCallback(BenchmarkCallback):
         if self.before_metrics and last and self.last_record and trainer.is_global_zero:
             root = run_dir(trainer) / "eval" / self.benchmark
             after = self.last_record["metrics"]
-            report = self.before_after(self.before_metrics, after, trainer.current_epoch)
+            audit = next((c for c in trainer.callbacks if isinstance(c, PairAuditCallback)), None)
+            pairs = audit.report() if audit is not None else None
+            shortcut = shortcut_lines(pairs, self.before_metrics, after) if pairs else []
+            report = self.before_after(self.before_metrics, after, trainer.current_epoch, shortcut)
             write_text(root / "before_after.md", report["text"] + "\n")
             write_json(root / "before_after.json", {k: v for k, v in report.items() if k != "text"})
             rank_zero_info(report["text"])
 
     def before_after(
-        self, before: Mapping[str, float], after: Mapping[str, float], epoch: int
+        self,
+        before: Mapping[str, float],
+        after: Mapping[str, float],
+        epoch: int,
+        shortcut: list[str] | None = None,
     ) -> dict[str, Any]:
         """The before -> after report: ``text`` (the printed table with its notes) and, for
         ``before_after.json``, every headline value in percent (changes in percentage points),
-        which way is better, the verdict and the trivial baselines of this split."""
+        which way is better, the verdict and the trivial baselines of this split; ``shortcut``:
+        the lines of :func:`shortcut_lines`, printed under the table."""
         bench = self.bench()
         baselines = trivial_baselines(bench)
         compared = compare_toy(before, after)
         probes = 0 if bench.pope is None else len(bench.pope.items)
-        title = (
-            f"toy world, held-out {self.data_dir} ({len(bench.questions)} descriptions, "
-            f"{probes:,} probes), before -> after:"
-        )
+        asked = f"{len(bench.questions)} descriptions" + (f", {probes:,} probes" if probes else "")
+        title = f"toy world, held-out {self.data_dir} ({asked}), before -> after:"
         table = format_before_after(before, after, baselines)
         notes = [
             "change = after - before, in percentage points; 'better': which way is an "
@@ -158,19 +226,23 @@ class ToyWorldCallback(BenchmarkCallback):
             f"{label} per description: {before[key]:.2f} -> {after[key]:.2f}"
             for label, key in PER_ANSWER.items() if key in before and key in after
         ]  # fmt: skip
-        if counts:  # a shortcut shows here: fewer objects named, not fewer wrong ones
+        if counts and not shortcut:  # (the shortcut lines say the same, and why)
             notes.append("; ".join(counts) + ".")
         if "always yes" in baselines:
             notes.append("always yes: answering 'yes' to every probe, whatever the image shows.")
         if "say nothing" in baselines:
             notes.append("say nothing: naming no object scores CHAIR 0 and coverage 0, so a lower "
                          "CHAIR counts only where coverage holds.")  # fmt: skip
+        if bench.pope is None:
+            notes.append("POPE: the yes/no probes were not asked (pope: false).")
 
         def column(field: str) -> dict[str, Any]:
             return {k: _rounded(c[field]) for k, c in compared.items()}
 
         return {
-            "text": "\n".join([title, table, *(textwrap.fill(n, 96) for n in notes)]),
+            "text": "\n".join(
+                [title, table, *(textwrap.fill(n, 96) for n in [*(shortcut or []), *notes])]
+            ),
             "unit": "percent",
             "split": str(self.data_dir),
             "descriptions": len(bench.questions),
@@ -181,6 +253,7 @@ class ToyWorldCallback(BenchmarkCallback):
                 name: {k: _rounded(as_percent(k, v)) for k, v in metrics.items() if k in compared}
                 for name, metrics in baselines.items()
             },
+            "shortcut": list(shortcut or []),
             "per_description": {  # counts, not percent
                 label: {"before": _rounded(before[key]), "after": _rounded(after[key])}
                 for label, key in PER_ANSWER.items()

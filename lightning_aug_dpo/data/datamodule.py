@@ -43,6 +43,7 @@ from lightning_aug_dpo.augment import (
     KorniaAugmentation,
     Preset,
 )
+from lightning_aug_dpo.augment.kornia_augment import KorniaTransform
 from lightning_aug_dpo.callbacks.bad_images import BadImageSummary, BadImageTracker
 from lightning_aug_dpo.data.filters import IdenticalFilter, PairFilter
 from lightning_aug_dpo.data.images import DEFAULT_MAX_PIXELS
@@ -81,9 +82,11 @@ class AugPairDataModule(PairMakingMixin, BadImageTracker, pl.LightningDataModule
         batch_size: prompts per step (pairs per step is this times ``sampling.num_samples``
             minus the filtered ones).
         num_workers: DataLoader worker processes decoding images.
-        augmentation: what makes the rejected image: an :class:`Augmentation` (``DiffusionNoise``,
-            ``Preset``, ``KorniaAugmentation``), a preset name (``moco``), or any Kornia
-            augmentation by ``class_path`` (wrapped in ``KorniaAugmentation``).
+        augmentation: what makes the rejected image: one of this project's augmentations
+            (``DiffusionNoise``, ``Preset``, ``KorniaAugmentation``, ``Identity``), a preset
+            name (``moco``), or any Kornia augmentation by ``class_path``, e.g.
+            ``kornia.augmentation.RandomGaussianBlur`` (wrapped in ``KorniaAugmentation``;
+            name it in ``KorniaAugmentation``'s ``transform`` for records that replay alone).
         adaptive_strength: move the augmentation's ``strength`` to keep the identical-pair rate
             in a band (default 0.2-0.5) during ``fit``/``predict``; ``null``: fixed strength.
         max_new_tokens: rollout length (SeVa: 512).
@@ -129,7 +132,7 @@ class AugPairDataModule(PairMakingMixin, BadImageTracker, pl.LightningDataModule
         seed: int = 42,
         batch_size: int = 8,
         num_workers: int = 0,
-        augmentation: Augmentation | nn.Module | str = lazy_instance(DiffusionNoise),
+        augmentation: Augmentation | KorniaTransform | str = lazy_instance(DiffusionNoise),
         adaptive_strength: AdaptiveStrength | None = None,
         max_new_tokens: int = 64,
         rollout_model: Literal["reference", "policy"] = "reference",

@@ -5,6 +5,10 @@ differ only in whitespace, case or punctuation, answers that are too short or to
 a similarity measure finds too alike. Each filter is a small callable returning the reason it
 drops a pair (``None`` keeps it); the DataModule applies them in order and counts each reason.
 New filters are classes with the same ``__call__`` named by ``class_path`` in YAML.
+
+The shortcuts the pair audit finds (``lightning-aug-dpo audit``) have their remedies here:
+equal-length pairs (``LengthMatchFilter``), no yes/no flips (``OpeningFlipFilter``), no flagged
+words in the rejected answer (``FlaggedWordsFilter``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import string
 import unicodedata
 from typing import Protocol
 
+from lightning_aug_dpo.audit_stats import count_phrases, opening_of, phrase_words, words
 from lightning_aug_dpo.types import Rollout
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -124,11 +129,76 @@ class SimilarityFilter:
         return None
 
 
+class OpeningFlipFilter:
+    """Drop pairs whose answers open with different members of a fixed set of openings.
+
+    A yes/no question answered "Yes, there is ..." on the clean image and "No, there is no ..."
+    on the noised one teaches DPO the opening ("say no"), not the image: on the toy world the
+    yes-ratio went to 97% at chance-level accuracy. The pair audit (``lightning-aug-dpo audit``)
+    shows such flips; this filter removes them. Label-free: only the two answers are compared.
+    An answer opens with a member when its first words (lower case, punctuation ignored) are
+    the member's words (``"Yes, there is"`` opens with ``"yes"``).
+
+    Args:
+        openings: the members of the family, e.g. ``["yes", "no"]`` or ``["there is", "there
+            are"]``.
+        only_opening: drop only pairs that are the same after the opening (a bare flip); by
+            default any flip is dropped, since the rest of a yes/no answer follows from it.
+    """
+
+    def __init__(self, openings: list[str] | None = None, only_opening: bool = False) -> None:
+        self.openings = list(openings if openings is not None else ["yes", "no"])
+        if len(self.openings) < 2:
+            raise ValueError(f"OpeningFlipFilter: give two or more openings, got {self.openings}")
+        self._members = [phrase_words(member) for member in self.openings]
+        self.only_opening = only_opening
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        a, b = words(chosen.text), words(rejected.text)
+        i, j = opening_of(a, self._members), opening_of(b, self._members)
+        if i is None or j is None or i == j:
+            return None
+        if self.only_opening and a[len(self._members[i]) :] != b[len(self._members[j]) :]:
+            return None
+        return "opening_flip"
+
+
+class FlaggedWordsFilter:
+    """Drop pairs whose rejected answer contains a flagged word or phrase.
+
+    When the rejected answers carry a few words the chosen ones lack ("white", "blurry": what
+    a model says about a noised image whatever it shows), DPO learns to avoid the words. The pair
+    audit lists the words most over-represented in rejected answers; flag them here. Words are
+    matched whole, in lower case, punctuation ignored (``"white triangle"`` matches "a White
+    triangle.").
+
+    Args:
+        words: the flagged words or phrases.
+        unless_in_chosen: keep the pair when the chosen answer has the word too (then the word
+            does not tell the two apart).
+    """
+
+    def __init__(self, words: list[str], unless_in_chosen: bool = False) -> None:
+        if not words:
+            raise ValueError("FlaggedWordsFilter: give one or more words")
+        self.words = list(words)
+        self._phrases = [phrase_words(word) for word in self.words]
+        self.unless_in_chosen = unless_in_chosen
+
+    def __call__(self, chosen: Rollout, rejected: Rollout) -> str | None:
+        answer = words(rejected.text)
+        for phrase in self._phrases:
+            if count_phrases(answer, [phrase]) == 0:
+                continue
+            if self.unless_in_chosen and count_phrases(words(chosen.text), [phrase]) > 0:
+                continue
+            return "flagged_word"
+        return None
+
+
 def first_reason(filters: list[PairFilter], chosen: Rollout, rejected: Rollout) -> str | None:
     """The first filter's reason to drop the pair, or ``None`` when every filter keeps it."""
     for keep_or_reason in (f(chosen, rejected) for f in filters):
         if keep_or_reason is not None:
             return keep_or_reason
     return None
-
-

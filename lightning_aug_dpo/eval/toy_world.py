@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,12 +280,22 @@ def trivial_baselines(bench: ToyBenchmark) -> dict[str, dict[str, float]]:
     return out
 
 
-def _cells(metrics: Mapping[str, float], fmt: str = "{:.1f}") -> str:
+def _cells(
+    metrics: Mapping[str, float],
+    fmt: str = "{:.1f}",
+    columns: tuple[tuple[str, str, str], ...] = TOY_COLUMNS,
+) -> str:
     cells = []
-    for _, key, _ in TOY_COLUMNS:
+    for _, key, _ in columns:
         value = metrics.get(key)
         cells.append(f"{'-' if value is None else fmt.format(as_percent(key, value)):>9}")
     return "".join(cells)
+
+
+def _measured(rows: Iterable[Mapping[str, float]]) -> tuple[tuple[str, str, str], ...]:
+    """The headline columns that some row has a value for (all of them if none has)."""
+    rows = list(rows)
+    return tuple(c for c in TOY_COLUMNS if any(c[1] in r for r in rows)) or TOY_COLUMNS
 
 
 def format_toy_table(rows: Mapping[str, Mapping[str, float]]) -> str:
@@ -306,19 +316,22 @@ def format_before_after(
     baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
     """The before -> after table: which way is better, both rows, the change (after - before,
-    in percentage points) and whether it is an improvement, then the trivial baselines."""
+    in percentage points) and whether it is an improvement, then the trivial baselines. Columns
+    measured in neither row (POPE where the probes were not asked) are left out."""
     compared = compare_toy(before, after)
+    columns = _measured([before, after])
     width = 12
-    head = f"{'(percent)':<{width}}" + "".join(f"{c:>9}" for c, _, _ in TOY_COLUMNS)
+    head = f"{'(percent)':<{width}}" + "".join(f"{c:>9}" for c, _, _ in columns)
 
     def row(name: str, values: Mapping[str, str]) -> str:
-        cells = "".join(f"{values.get(key, '-'):>9}" for _, key, _ in TOY_COLUMNS)
+        cells = "".join(f"{values.get(key, '-'):>9}" for _, key, _ in columns)
         return f"{name:<{width}}" + cells
 
-    lines = [head, row("better", {k: f"{b}" for _, k, b in TOY_COLUMNS})]
-    lines += [f"{'before':<{width}}" + _cells(before), f"{'after':<{width}}" + _cells(after)]
+    lines = [head, row("better", {k: f"{b}" for _, k, b in columns})]
+    lines += [f"{'before':<{width}}" + _cells(before, columns=columns)]
+    lines += [f"{'after':<{width}}" + _cells(after, columns=columns)]
     lines.append(row("change", {k: _signed(c["change"]) for k, c in compared.items()}))
     lines.append(row("verdict", {k: c["verdict"] for k, c in compared.items()}))
     for name, metrics in (baselines or {}).items():
-        lines.append(f"{name:<{width}}" + _cells(metrics))
+        lines.append(f"{name:<{width}}" + _cells(metrics, columns=columns))
     return "\n".join(lines)
