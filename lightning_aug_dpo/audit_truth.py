@@ -37,7 +37,7 @@ TOY_AUDIT_KEYS = (
 EXAMPLES = 3  # differing pairs quoted with their scene's objects
 
 
-def _key(image: object) -> str:
+def image_key(image: object) -> str:
     # "./pool/a.png", "pool\\a.png" and "pool/a.png" name the same file of the image folder
     return str(PurePosixPath(str(image).replace("\\", "/")))
 
@@ -73,7 +73,7 @@ def load_scenes(path: str | Path) -> dict[str, Any]:
     scenes = {}
     for image, record in data.items():
         try:
-            scenes[_key(image)] = ToyScene.from_record(record)
+            scenes[image_key(image)] = ToyScene.from_record(record)
         except (KeyError, TypeError, ValueError) as err:
             raise UserInputError(
                 f"{path}: the record of {image!r} is not a toy-world scene ({err!r}). Fix: a "
@@ -85,7 +85,7 @@ def load_scenes(path: str | Path) -> dict[str, Any]:
 def scene_of(image: str, scenes: Mapping[str, Any]) -> Any | None:
     """The scene of a pair's image: its path as written, else its longest tail that is a key
     (an absolute ``.../images/pool/a.png`` finds ``pool/a.png``)."""
-    key = _key(image)
+    key = image_key(image)
     if key in scenes:
         return scenes[key]
     parts = PurePosixPath(key).parts

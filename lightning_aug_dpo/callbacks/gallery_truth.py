@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from lightning_aug_dpo.audit_truth import find_scenes, image_key
 from lightning_aug_dpo.data.toy_world import ToyScene
 from lightning_aug_dpo.eval.toy_world import truth_text
 
 AUTO = "auto"  # find the toy world's scenes.json beside the data's image folder
-SCENES_FILE = "scenes.json"
-
-
-def _key(image: object) -> str:
-    # "./pool/a.png" and "pool/a.png" name the same file of the image folder
-    return str(PurePosixPath(str(image).replace("\\", "/")))
 
 
 def as_truth_text(value: Any) -> str | None:
@@ -59,7 +54,7 @@ def load_truth(path: str | Path) -> dict[str, str]:
             f"{path}: a ground-truth file is a JSON object {{image: truth}}, not a "
             f"{type(data).__name__}"
         )
-    texts = {_key(image): as_truth_text(value) for image, value in data.items()}
+    texts = {image_key(image): as_truth_text(value) for image, value in data.items()}
     return {image: text for image, text in texts.items() if text is not None}
 
 
@@ -71,13 +66,7 @@ def truth_file(truth_from: str | None, trainer: Any) -> Path | None:
     if truth_from != AUTO:
         return Path(truth_from)
     hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None)
-    folder = getattr(hparams, "image_folder", None)
-    if not folder:
-        return None
-    for candidate in (Path(folder) / SCENES_FILE, Path(folder).parent / SCENES_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_scenes(getattr(hparams, "image_folder", None))
 
 
 def truth_of(row: Mapping[str, Any], truth: Mapping[str, str]) -> dict[str, Any]:
@@ -85,7 +74,7 @@ def truth_of(row: Mapping[str, Any], truth: Mapping[str, str]) -> dict[str, Any]
     its image; rows with neither are returned without one."""
     out = dict(row)
     if not out.get("truth") and row.get("image") is not None:
-        text = truth.get(_key(row["image"]))
+        text = truth.get(image_key(row["image"]))
         if text is not None:
             out["truth"] = text
     return out
