@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from lightning_aug_dpo.errors import UserInputError
+from lightning_aug_dpo.eval.jobs import add_model_load_args, model_loader
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer questions about one image with a model (and a trained adapter).",
     )
     parser.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions")
-    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (any family)")
-    parser.add_argument("--adapter", help="PEFT adapter folder to apply (a run's adapter/)")
+    add_model_load_args(parser, "checkpoint folder or hub id (any family)", required=True)
     parser.add_argument("--image", required=True, help="the image file")
     parser.add_argument(
         "--max-new-tokens", type=int, default=256,
@@ -37,19 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="weight dtype; auto: bfloat16 on CUDA, float32 on CPU (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument(
-        "--model-class", metavar="CLASS_PATH",
-        help="your AugDPOModule subclass (my_pkg.MyDPOModule); default: from model_type",
-    )  # fmt: skip
-    parser.add_argument(
-        "--model-arg", action="append", metavar="KEY=VALUE",
-        help="a module setting the model was trained with, e.g. image_size=448 (repeatable)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--trust-remote-code", action="store_true",
-        help="run code shipped with the checkpoint (off: only if you trust it)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON lines with the question")
     return parser
@@ -60,7 +47,6 @@ def generate_main(argv: list[str]) -> list[str]:
     import torch
 
     from lightning_aug_dpo.data.images import load_image
-    from lightning_aug_dpo.eval.jobs import model_loader
 
     args = build_parser().parse_args(argv)
     if args.max_new_tokens < 1:

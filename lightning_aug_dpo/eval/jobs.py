@@ -44,24 +44,10 @@ from lightning_aug_dpo.eval.model_class import MODEL_CLASSES, module_class, pars
 LLAVA_PROTOCOL = "LLaVA-1.5's model_vqa.py for MM-Vet and LLaVA-Bench"
 
 
-def add_model_args(
-    parser: argparse.ArgumentParser,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    protocol: str = LLAVA_PROTOCOL,
-    batch_size: int = 8,
-    limit_help: str = "only the first N questions, for quick checks",
-) -> None:
-    """``--model --model-class --model-arg --adapter --dtype --device --trust-remote-code
-    --max-new-tokens --batch-size --limit``. ``protocol`` says where the ``max_new_tokens``
-    default comes from; every default is shown as argparse holds it (``%(default)s``), so a
-    job's ``set_defaults`` keeps its help right."""
-    group = parser.add_argument_group("model and generation")
-    group.add_argument(
-        "--model",
-        help="checkpoint folder or hub id of any supported family (the module class comes "
-        "from config.json's model_type: " + ", ".join(sorted(MODEL_CLASSES)) + "); needed "
-        "unless OUT already holds every answer (then no model is loaded)",
-    )
+def add_model_load_args(group: Any, model_help: str, required: bool = False) -> None:
+    """``--model --model-class --model-arg --adapter --device --trust-remote-code``: what
+    :func:`model_loader` reads (the jobs and ``lightning-aug-dpo generate`` share them)."""
+    group.add_argument("--model", required=required, help=model_help)
     group.add_argument(
         "--model-class", metavar="CLASS_PATH",
         help="AugDPOModule subclass to load --model with, e.g. my_pkg.MyDPOModule, instead of "
@@ -74,14 +60,34 @@ def add_model_args(
         "a Qwen-VL model trained at 512 px; repeat for more (default: the class defaults)",
     )  # fmt: skip
     group.add_argument("--adapter", help="PEFT adapter folder to apply (default: base model)")
-    group.add_argument(
-        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-        help="weight dtype (default: %(default)s; use float32 on CPU)",
-    )  # fmt: skip
     group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     group.add_argument(
         "--trust-remote-code", action="store_true",
         help="run code shipped with --model's checkpoint (off: only if you trust it)",
+    )  # fmt: skip
+
+
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    protocol: str = LLAVA_PROTOCOL,
+    batch_size: int = 8,
+    limit_help: str = "only the first N questions, for quick checks",
+) -> None:
+    """The loading options of :func:`add_model_load_args`, then ``--dtype --max-new-tokens
+    --batch-size --limit``. ``protocol`` says where the ``max_new_tokens`` default comes from;
+    every default is shown as argparse holds it (``%(default)s``), so a job's ``set_defaults``
+    keeps its help right."""
+    group = parser.add_argument_group("model and generation")
+    add_model_load_args(
+        group,
+        "checkpoint folder or hub id of any supported family (the module class comes "
+        "from config.json's model_type: " + ", ".join(sorted(MODEL_CLASSES)) + "); needed "
+        "unless OUT already holds every answer (then no model is loaded)",
+    )
+    group.add_argument(
+        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+        help="weight dtype (default: %(default)s; use float32 on CPU)",
     )  # fmt: skip
     group.add_argument(
         "--max-new-tokens", type=int, default=max_new_tokens,
